@@ -1,0 +1,17 @@
+"""Where the tool keeps its per-user state (downloads, hash cache)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ENV = "ASSISTANT_CACHE"
+
+
+def cache_dir() -> Path:
+    """$ASSISTANT_CACHE, else $XDG_CACHE_HOME/assistant, else ~/.cache/assistant."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return Path(xdg) / "assistant" if xdg else Path.home() / ".cache" / "assistant"

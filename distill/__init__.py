@@ -1,0 +1,1 @@
+"""distill stage (see the issues); imports torch only inside its functions."""

@@ -1,0 +1,1 @@
+"""export stage (see the issues); imports torch only inside its functions."""
