@@ -39,6 +39,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(cls=_Group, no_args_is_help=True, help="List, verify, locate and download pinned models.")
 app.add_typer(models_app, name="models")
+eval_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Evaluate models: HumanEval-style pass@k.")
+app.add_typer(eval_app, name="eval")
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Lock name or path to a .gguf file (default: the lock's default).")
 OfflineOpt = typer.Option(False, "--offline", help="Never touch the network (also HF_HUB_OFFLINE=1).")
@@ -58,7 +60,7 @@ def generate(
     prompt: Optional[str] = typer.Argument(None, help="The instruction; stdin, if piped, becomes context."),
     model: Optional[str] = ModelOpt,
     max_tokens: int = typer.Option(512, "--max-tokens", "-n", min=1),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="0 is greedy."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", "-t", min=0.0, help="0 is greedy (default; 0.8 with --rerank)."),
     top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
     top_k: int = typer.Option(40, "--top-k", min=0),
     repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", min=0.0),
@@ -72,6 +74,10 @@ def generate(
     json_out: bool = JsonOpt,
     stats: bool = typer.Option(False, "--stats", help="Print timings to stderr."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the output to FILE (atomically) instead of stdout."),
+    rerank: str = typer.Option("none", "--rerank", help="none, codet or cluster: sample candidates and rank them by executing generated tests."),
+    samples: int = typer.Option(5, "--samples", min=2, help="Candidates to rerank."),
+    tests: int = typer.Option(10, "--tests", min=1, help="Asserts to ask the model for when reranking."),
+    explain: bool = typer.Option(False, "--explain", help="Show the reranking agreement table on stderr."),
     offline: bool = OfflineOpt,
     lock: Optional[Path] = LockOpt,
 ) -> None:
@@ -83,6 +89,10 @@ def generate(
 
     if prompt_style not in (None, "chat", "completion"):
         raise UsageError(f"--prompt-style must be chat or completion, not {prompt_style!r}")
+    if rerank not in ("none", "codet", "cluster"):
+        raise UsageError(f"--rerank must be none, codet or cluster, not {rerank!r}")
+    if temperature is None:
+        temperature = 0.0 if rerank == "none" else 0.8
     request = Request(prompt or "", _read_stdin())
     if not request.user_message().strip():
         raise UsageError("the prompt is empty", hint='pass one, e.g. assistant generate "a function that reverses a string"')
@@ -95,8 +105,11 @@ def generate(
         prompt_style=prompt_style,
         system=system if system is not None else DEFAULT_SYSTEM,
         code_only=code_only,
+        rerank=rerank,
+        samples=samples,
+        tests=tests,
     )
-    streaming = not (json_out or code_only or out)
+    streaming = not (json_out or code_only or out or rerank != "none")
     result = codegen.generate(request, options, on_text=_stream_to_stdout if streaming else None)
     if json_out:
         text = json.dumps(result.to_dict(), indent=2) + "\n"
@@ -113,6 +126,12 @@ def generate(
     sys.stdout.flush()
     if stats:
         typer.echo(_stats_line(result), err=True)
+    if result.note:
+        typer.echo(f"note: {result.note}", err=True)
+    if explain and result.rerank is not None:
+        from assistant.codegen import print_rerank
+
+        print_rerank(result)
 
 
 def _stream_to_stdout(text: str) -> None:
@@ -189,6 +208,58 @@ def models_pull(
         typer.echo(json.dumps(row, indent=2))
     else:
         typer.echo(f"{row['name']}: {row['status']} {row['path']}")
+
+
+# -- eval -------------------------------------------------------------------------------------
+
+
+@eval_app.command("humaneval")
+def eval_humaneval(
+    model: Optional[str] = ModelOpt,
+    samples: int = typer.Option(1, "-n", "--samples", min=1, help="Samples per problem."),
+    k: str = typer.Option("1", "-k", help="Comma-separated k values for pass@k."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0),
+    top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=16),
+    prompt_style: Optional[str] = typer.Option(None, "--prompt-style", help="chat or completion (default: the model's)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N problems."),
+    rerank: str = typer.Option("none", "--rerank", help="none, codet or cluster."),
+    tests: int = typer.Option(10, "--tests", min=1, help="Generated asserts per problem for reranking."),
+    seed: int = typer.Option(0, "--seed", min=0),
+    timeout: float = typer.Option(10.0, "--timeout", min=0.5, help="Seconds per program in the sandbox."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="JSONL in HumanEval's schema (default: HumanEval)."),
+    out: Path = typer.Option(Path("runs/humaneval"), "--out", help="Results directory (reruns resume)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    json_out: bool = JsonOpt,
+    offline: bool = OfflineOpt,
+    lock: Optional[Path] = LockOpt,
+) -> None:
+    """HumanEval pass@k of a local model, executed in the sandbox; resumable."""
+    from assistant import eval_views, evaluate
+    from assistant.codegen import load_model
+    from assistant.engine import Engine, EngineConfig
+    from assistant.errors import UsageError
+    from assistant.sandbox import Limits, run_many
+
+    try:
+        ks = tuple(sorted({int(x) for x in k.split(",") if x.strip()}))
+    except ValueError:
+        raise UsageError(f"-k must be comma-separated integers, not {k!r}") from None
+    resolved = load_model(model, lock, offline)
+    cfg = evaluate.EvalConfig(
+        n=samples, ks=ks, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+        prompt_style=prompt_style or resolved.prompt_style, rerank=rerank, tests=tests, seed=seed, timeout_s=timeout,
+    )
+    cfg.validate()
+    run_programs = lambda programs, timeout_s: run_many(programs, Limits(timeout_s=timeout_s))
+    with Engine(resolved, EngineConfig(n_threads=threads)) as engine:
+        total = limit or len(evaluate.load_problems(dataset))
+        with eval_views.progress_bar(total) as on_problem:
+            summary = evaluate.run_eval(engine, cfg, out, run_programs, dataset=dataset, limit=limit, on_problem=on_problem)
+    if json_out:
+        typer.echo(json.dumps(summary.to_dict(), indent=2))
+    else:
+        eval_views.print_summary(summary, resolved.name)
 
 
 def main() -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import ast
+import secrets
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from assistant.engine import Engine, EngineConfig, Generation, Sampling, TextCallback
+from assistant.errors import UsageError
 from assistant.lockfile import load_lock
 from assistant.model_store import HashCache, ResolvedModel, offline_mode, resolve
 from assistant.prompts import DEFAULT_SYSTEM, Request, extract_code
+from assistant.rerank import RerankResult
 
 
 @dataclass(frozen=True)
@@ -21,6 +25,10 @@ class GenerateOptions:
     prompt_style: str | None = None  # None: the model's own (from models.lock)
     system: str | None = DEFAULT_SYSTEM
     code_only: bool = False
+    rerank: str = "none"  # none, codet or cluster
+    samples: int = 5  # candidates when reranking
+    tests: int = 10  # generated asserts when reranking
+    timeout_s: float = 10.0  # per sandboxed program when reranking
 
 
 @dataclass
@@ -30,6 +38,9 @@ class GenerateResult:
     sampling: Sampling
     prompt_style: str
     code: str | None = None
+    rerank: RerankResult | None = None
+    candidates: list[Generation] = field(default_factory=list)
+    note: str = ""
 
     @property
     def output(self) -> str:
@@ -54,6 +65,16 @@ class GenerateResult:
         }
         if self.code is not None:
             d["code"] = self.code
+        if self.rerank is not None:
+            d["rerank"] = {
+                "method": self.rerank.method,
+                "chosen": self.rerank.chosen,
+                "candidates": len(self.candidates),
+                "tests": self.rerank.tests,
+                "groups": self.rerank.explain_rows(),
+            }
+        if self.note:
+            d["note"] = self.note
         return d
 
 
@@ -68,6 +89,63 @@ def generate(request: Request, options: GenerateOptions, on_text: TextCallback |
     sampling = Sampling(**{**asdict(sampling), "stop": tuple(dict.fromkeys(sampling.stop + model.stop))})
     with Engine(model, options.engine) as engine:
         prompt = engine.render(request, style=style, system=options.system)
-        generation = engine.generate(prompt, sampling, on_text=on_text)
-    code = extract_code(generation.text) if options.code_only else None
-    return GenerateResult(model, generation, sampling, style, code)
+        if options.rerank == "none":
+            generation = engine.generate(prompt, sampling, on_text=on_text)
+            result = GenerateResult(model, generation, sampling, style)
+        else:
+            result = _reranked(engine, request, prompt, sampling, options, style)
+    if options.code_only:
+        result.code = extract_code(result.generation.text)
+    return result
+
+
+def _reranked(engine: Engine, request: Request, prompt: str, sampling: Sampling, options: GenerateOptions, style: str) -> GenerateResult:
+    """CodeT / cluster reranking of ``options.samples`` candidates for a free-form request."""
+    from assistant.rerank import generate_tests, main_function, rerank, sample_candidates
+    from assistant.sandbox import Limits, run_many
+
+    if sampling.temperature == 0:
+        raise UsageError("reranking needs varied candidates", hint="pass --temperature 0.8 (or similar)")
+    if sampling.seed is None:
+        sampling = replace(sampling, seed=secrets.randbits(31))
+    candidates = sample_candidates(engine, prompt, options.samples, sampling)
+    codes = [extract_code(g.text) for g in candidates]
+    entry = main_function(codes)
+    if entry is None:
+        return GenerateResult(engine.model, candidates[0], sampling, style, candidates=candidates, note="no candidate defines a function: reranking skipped, first candidate shown")
+    tests, used, failed = generate_tests(engine, request.user_message(), entry, options.tests, sampling)
+    limits = Limits(timeout_s=options.timeout_s)
+    runner = lambda programs: [r.stdout for r in run_many(programs, limits)]
+    valid = [c if _parses(c) else None for c in codes]
+    rr = rerank(options.rerank, valid, tests, runner, test_generations=used, test_parse_failures=failed)
+    note = "" if tests else "the model wrote no usable asserts: every candidate ties, first valid one shown"
+    return GenerateResult(engine.model, candidates[rr.chosen], sampling, style, rerank=rr, candidates=candidates, note=note)
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+        return bool(code.strip())
+    except SyntaxError:
+        return False
+
+
+def print_rerank(result: GenerateResult) -> None:
+    """The agreement table behind a reranked answer, on stderr."""
+    from rich.console import Console
+    from rich.table import Table
+
+    rr = result.rerank
+    console = Console(stderr=True)
+    tests = Table(title=f"{len(rr.tests)} generated tests")
+    tests.add_column("#", justify="right")
+    tests.add_column("assert")
+    tests.add_column("passed by", justify="right")
+    for j, t in enumerate(rr.tests):
+        tests.add_row(str(j), t, f"{sum(row[j].passed for row in rr.matrix)}/{len(rr.matrix)}")
+    groups = Table(title=f"{rr.method}: groups of candidates (chosen: #{rr.chosen})")
+    for col in ("candidates", "tests passed", "score"):
+        groups.add_column(col)
+    for g in rr.explain_rows():
+        groups.add_row(" ".join(f"#{m}" for m in g["members"]), str(g["tests_passed"]), str(g["score"]))
+    console.print(tests, groups)
