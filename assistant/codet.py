@@ -125,22 +125,23 @@ except BaseException as _e:
 finally:
     _signal.setitimer(_signal.ITIMER_REAL, 0)
 _rows = []
+def _codet_timed(code, mode):
+    """Run one test input or assert under its own alarm; returns (ok, value or exception name)."""
+    _signal.setitimer(_signal.ITIMER_REAL, {per_test})
+    try:
+        value = (eval if mode == "eval" else exec)(code, dict(globals()))
+        return True, value
+    except BaseException as e:
+        return False, "!" + type(e).__name__
+    finally:
+        _signal.setitimer(_signal.ITIMER_REAL, 0)
 for _src, _inp in {tests!r}:
     _row = {{"pass": False, "out": None}}
     if _loaded is None:
-        try:
-            _signal.setitimer(_signal.ITIMER_REAL, {per_test})
-            if _inp:
-                try:
-                    _row["out"] = repr(eval(_inp, dict(globals())))[:1000]
-                except BaseException as _e:
-                    _row["out"] = "!" + type(_e).__name__
-            exec(_src, dict(globals()))
-            _row["pass"] = True
-        except BaseException:
-            pass
-        finally:
-            _signal.setitimer(_signal.ITIMER_REAL, 0)
+        if _inp:
+            _ok, _val = _codet_timed(_inp, "eval")
+            _row["out"] = repr(_val)[:1000] if _ok else _val
+        _row["pass"] = _codet_timed(_src, "exec")[0]
     _rows.append(_row)
 _sys.stdout = _out
 print({marker!r} + _json.dumps({{"loaded": _loaded, "rows": _rows}}))
