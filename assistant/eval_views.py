@@ -44,8 +44,8 @@ def print_summary(summary: Summary, model_name: str) -> None:
     t.add_column("value", justify="right")
     for k, v in summary.pass_at_k.items():
         t.add_row(k, f"{v:.4f}")
-    if summary.rerank_pass_at_1 is not None:
-        t.add_row(f"pass@1 after {summary.rerank} rerank", f"{summary.rerank_pass_at_1:.4f}")
+    for method, value in summary.rerank_pass_at_1.items():
+        t.add_row(f"pass@1 after {method} rerank (n={summary.n})", f"{value:.4f}")
     for k, v in sorted(summary.issues.items()):
         t.add_row(f"count: {k.replace('_', ' ')}", str(v))
     Console().print(t)

@@ -22,7 +22,7 @@ from assistant.errors import AssistantError, UsageError
 from assistant.humaneval import Problem, chat_request, hidden_test_program, load_problems, sanitize
 from assistant.passk import mean_pass_at_k
 from assistant.prompts import Request
-from assistant.rerank import generate_tests, rerank, sample_candidates
+from assistant.rerank import generate_tests, rerank_many, sample_candidates
 
 # Codex-paper stops for completion prompts: anything back at column 0 ends the function.
 COMPLETION_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -37,11 +37,14 @@ class EvalConfig:
     top_p: float = 0.95
     max_tokens: int = 512
     prompt_style: str = "chat"
-    rerank: str = "none"
+    rerank: str = "none"  # none, codet, cluster, or several joined by commas (one execution matrix)
     tests: int = 10
     seed: int = 0
     timeout_s: float = 10.0
     dataset: str = "humaneval"
+    # Chat prompts: None keeps the chat template's own default system message. Measured on
+    # SmolLM2-135M greedy: our code-assistant system message gave 7/164 (see docs/results.md).
+    system: str | None = None
 
     def validate(self) -> None:
         if self.n < 1:
@@ -51,12 +54,16 @@ class EvalConfig:
         bad = [k for k in self.ks if k < 1 or k > self.n]
         if bad:
             raise UsageError(f"pass@k needs 1 <= k <= n={self.n}; got k={bad}", hint=f"pass -n {max(self.ks)} or fewer -k values")
-        if self.rerank not in RERANKS:
-            raise UsageError(f"--rerank must be one of {', '.join(RERANKS)}")
-        if self.rerank != "none" and self.n < 2:
+        if not self.methods and self.rerank != "none" or any(m not in RERANKS[1:] for m in self.methods):
+            raise UsageError(f"--rerank must be none, or codet and/or cluster joined by a comma, not {self.rerank!r}")
+        if self.methods and self.n < 2:
             raise UsageError("reranking needs several candidates", hint="pass -n 5 or more with --temperature 0.8")
         if self.prompt_style not in ("chat", "completion"):
             raise UsageError("--prompt-style must be chat or completion")
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(m.strip() for m in self.rerank.split(",") if m.strip() and m.strip() != "none")
 
 
 @dataclass
@@ -66,14 +73,13 @@ class ProblemRecord:
     correct: int
     passed: list[bool]
     issues: dict[str, int] = field(default_factory=dict)
-    rerank_choice: int | None = None
-    rerank_passed: bool | None = None
+    reranks: dict[str, dict] = field(default_factory=dict)  # method -> {"choice": i, "passed": bool}
     tests_generated: int | None = None
 
 
-def prompt_for(engine: Engine, problem: Problem, style: str) -> str:
+def prompt_for(engine: Engine, problem: Problem, style: str, system: str | None = None) -> str:
     if style == "chat":
-        return engine.render(Request(chat_request(problem)), style="chat")
+        return engine.render(Request(chat_request(problem)), style="chat", system=system)
     return problem.prompt
 
 
@@ -84,7 +90,7 @@ def _count(issues: dict[str, int], key: str, by: int = 1) -> None:
 
 def evaluate_problem(engine: Engine, problem: Problem, cfg: EvalConfig, run_programs) -> tuple[ProblemRecord, list[dict]]:
     """Sample, sanitize and test one problem; rerank if asked. Never raises on bad model output."""
-    prompt = prompt_for(engine, problem, cfg.prompt_style)
+    prompt = prompt_for(engine, problem, cfg.prompt_style, cfg.system)
     stops = COMPLETION_STOPS if cfg.prompt_style == "completion" else ()
     sampling = Sampling(
         max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, stop=stops + engine.model.stop
@@ -117,15 +123,18 @@ def evaluate_problem(engine: Engine, problem: Problem, cfg: EvalConfig, run_prog
         )
     passed = [s["passed"] for s in samples]
     record = ProblemRecord(problem.task_id, cfg.n, sum(passed), passed, issues)
-    if cfg.rerank != "none":
+    if cfg.methods:
+        # The bare prompt, not the "complete this function" wrapper: with the wrapper the
+        # small model rewrites the function instead of writing asserts (measured).
         tests, used, failed = generate_tests(
-            engine, chat_request(problem), problem.entry_point, cfg.tests, sampling,
+            engine, problem.prompt, problem.entry_point, cfg.tests, sampling,
             seeds=doctest_asserts(problem.prompt, problem.entry_point),
         )
         _count(issues, "test_generations_without_asserts", failed)
         runner = lambda programs: [r.stdout for r in run_programs(programs, cfg.timeout_s)]
-        rr = rerank(cfg.rerank, [s.code if not s.problem else None for s in solutions], tests, runner)
-        record.rerank_choice, record.rerank_passed, record.tests_generated = rr.chosen, passed[rr.chosen], len(tests)
+        ranked = rerank_many(cfg.methods, [s.code if not s.problem else None for s in solutions], tests, runner)
+        record.reranks = {rr.method: {"choice": rr.chosen, "passed": passed[rr.chosen]} for rr in ranked}
+        record.tests_generated = len(tests)
     return record, samples
 
 
@@ -134,8 +143,7 @@ class Summary:
     problems: int
     n: int
     pass_at_k: dict[str, float]
-    rerank: str
-    rerank_pass_at_1: float | None
+    rerank_pass_at_1: dict[str, float]
     issues: dict[str, int]
     config: dict
 
@@ -149,13 +157,12 @@ def summarize(records: list[ProblemRecord], cfg: EvalConfig) -> Summary:
     for r in records:
         for k, v in r.issues.items():
             _count(issues, k, v)
-    reranked = [r.rerank_passed for r in records if r.rerank_passed is not None]
+    reranked = {m: [r.reranks[m]["passed"] for r in records if m in r.reranks] for m in cfg.methods}
     return Summary(
         problems=len(records),
         n=cfg.n,
         pass_at_k={f"pass@{k}": mean_pass_at_k(counts, k) for k in cfg.ks},
-        rerank=cfg.rerank,
-        rerank_pass_at_1=sum(reranked) / len(reranked) if reranked else None,
+        rerank_pass_at_1={m: sum(v) / len(v) for m, v in reranked.items() if v},
         issues=issues,
         config=asdict(cfg),
     )

@@ -61,19 +61,27 @@ def generate_tests(
     return tests[: m + len(seeds)], used, failures
 
 
-def rerank(
-    method: str,
+def rerank_many(
+    methods: Sequence[str],
     solutions: Sequence[str | None],
     tests: list[str],
     runner: ProgramRunner,
     *,
     test_generations: int = 0,
     test_parse_failures: int = 0,
-) -> RerankResult:
-    """Run every valid solution (None = unusable) against every test and rank them."""
+) -> list[RerankResult]:
+    """Run every valid solution (None = unusable) against every test once; rank by each method."""
     matrix = run_matrix(solutions, tests, runner)
-    ranking = RANKERS[method](matrix, [s is not None for s in solutions])
-    return RerankResult(method, ranking.chosen, tests, matrix, ranking, test_generations, test_parse_failures)
+    valid = [s is not None for s in solutions]
+    out = []
+    for method in methods:
+        ranking = RANKERS[method](matrix, valid)
+        out.append(RerankResult(method, ranking.chosen, tests, matrix, ranking, test_generations, test_parse_failures))
+    return out
+
+
+def rerank(method: str, solutions: Sequence[str | None], tests: list[str], runner: ProgramRunner, **counts) -> RerankResult:
+    return rerank_many([method], solutions, tests, runner, **counts)[0]
 
 
 def main_function(codes: Sequence[str | None]) -> str | None:

@@ -77,6 +77,7 @@ def test_bad_settings_are_rejected_up_front(engine, tmp_path):
         (EvalConfig(n=3, temperature=0.0), "identical samples"),
         (EvalConfig(n=2, ks=(1, 10), temperature=0.8), "1 <= k <= n=2"),
         (EvalConfig(rerank="codet"), "several candidates"),
+        (EvalConfig(n=2, temperature=0.8, rerank="codet,best"), "codet and/or cluster"),
     ]:
         with pytest.raises(UsageError, match=msg):
             run_eval(engine, cfg, tmp_path, run_programs, limit=1)
@@ -94,11 +95,13 @@ def test_codet_rerank_on_a_user_dataset(engine, tmp_path):
     ]
     data = tmp_path / "mine.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = EvalConfig(n=3, ks=(1, 3), temperature=0.8, rerank="codet", tests=3, max_tokens=160)
+    cfg = EvalConfig(n=3, ks=(1, 3), temperature=0.8, rerank="codet,cluster", tests=3, max_tokens=160)
     s = run_eval(engine, cfg, tmp_path / "out", run_programs, dataset=data)
     rec = json.loads((tmp_path / "out" / "problems.jsonl").read_text())
-    assert s.problems == 1 and rec["rerank_choice"] in (0, 1, 2) and rec["tests_generated"] >= 1
-    assert s.rerank_pass_at_1 in (0.0, 1.0) and set(s.pass_at_k) == {"pass@1", "pass@3"}
+    assert s.problems == 1 and rec["tests_generated"] >= 1
+    assert set(rec["reranks"]) == {"codet", "cluster"} and rec["reranks"]["codet"]["choice"] in (0, 1, 2)
+    assert rec["reranks"]["codet"]["passed"] == rec["passed"][rec["reranks"]["codet"]["choice"]]
+    assert set(s.rerank_pass_at_1) == {"codet", "cluster"} and set(s.pass_at_k) == {"pass@1", "pass@3"}
 
 
 def test_eval_cli_json_and_bad_dataset(tmp_path):
