@@ -20,6 +20,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
             yield f
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes 0600 files; keep the replaced file's mode, else the usual 0644.
+        try:
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        except FileNotFoundError:
+            os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

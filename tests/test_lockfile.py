@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from assistant.lockfile import HfSource, LockError, PypiSource, dump_lock, load_lock, parse_lock, save_lock
@@ -82,3 +84,14 @@ def test_unknown_name_lists_the_known_ones(lock):
 
 def test_dump_is_parseable(lock):
     assert parse_lock(dump_lock(lock), lock.path).models == lock.models
+
+
+def test_saved_lock_is_world_readable(tmp_path):
+    path = tmp_path / "models.lock"
+    path.write_text(GOOD.format(sha=SHA))
+    path.chmod(0o644)
+    save_lock(load_lock(path))
+    assert path.stat().st_mode & 0o777 == 0o644
+    fresh = tmp_path / "new.lock"
+    save_lock(replace(load_lock(path), path=fresh))
+    assert fresh.stat().st_mode & 0o777 == 0o644

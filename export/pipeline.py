@@ -1,0 +1,191 @@
+"""The three export commands as library calls: convert, quantize, verify, each recorded in the lock.
+
+Every check that can fail fast (existing output, lock name taken, unknown type, not a Llama
+directory) runs before the slow work, so a mistake costs milliseconds, not a conversion.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from assistant.lockfile import FileSource, Lock, LockError, ModelEntry, load_lock
+from assistant.model_store import HashCache, resolve
+from export.checkpoint import content_sha256, read_checkpoint
+from export.errors import ExportError
+from export.files import check_new_output
+from export.gguf_writer import OUTTYPES, ExportResult, write_gguf
+from export.lock_entry import EntrySpec, check_name_free, default_name, entry_for_path, gguf_locator, make_entry, record, tool_versions
+from export.quantize import QuantResult, check_source, output_path, parse_types, quantize
+from export.tokenizer import read_record, tokenizer_for
+from export.verify import VerifyConfig, VerifyReport, verify
+
+
+@dataclass(frozen=True)
+class LockTarget:
+    path: Path | None = None  # None: $ASSISTANT_LOCK, else the default models.lock
+    enabled: bool = True  # False: write no entry (--no-lock)
+
+
+@dataclass(frozen=True)
+class GgufRequest:
+    model_dir: Path
+    out: Path | None = None  # default: <dir>.<OUTTYPE>.gguf beside the directory
+    outtype: str = "f16"
+    tokenizer_from: str | None = None  # lock name or GGUF path; default: tokenizer_from.json if present
+    pre: str | None = None  # llama.cpp pre-tokenizer name for HF BPE, when it cannot be detected
+    force: bool = False
+    entry: EntrySpec = field(default_factory=EntrySpec)
+    lock: LockTarget = field(default_factory=LockTarget)
+
+
+@dataclass(frozen=True)
+class GgufOutcome:
+    result: ExportResult
+    entry: ModelEntry | None
+    lock_path: Path | None
+
+
+@dataclass(frozen=True)
+class QuantizeRequest:
+    src: Path
+    types: str  # "Q8_0,Q4_K_M"
+    out_dir: Path | None = None  # default: beside the source
+    force: bool = False
+    threads: int = 0  # 0: llama.cpp's default
+    entry: EntrySpec = field(default_factory=EntrySpec)
+    lock: LockTarget = field(default_factory=LockTarget)
+
+
+@dataclass(frozen=True)
+class QuantOutcome:
+    result: QuantResult
+    entry: ModelEntry | None
+
+
+def _load_lock(target: LockTarget) -> Lock | None:
+    try:
+        return load_lock(target.path)
+    except LockError:
+        if target.enabled:
+            raise
+        return None  # --no-lock: a missing lock only matters for lock names
+
+
+def _rel(path: Path, lock: Lock) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), lock.root.resolve())).as_posix()
+
+
+def default_gguf_path(model_dir: Path, outtype: str) -> Path:
+    model_dir = Path(model_dir).resolve()
+    return model_dir.parent / f"{model_dir.name}.{OUTTYPES[outtype.lower()].name}.gguf"
+
+
+def export_gguf(req: GgufRequest, cache: HashCache | None = None, on_tensor: Callable[[str], None] | None = None) -> GgufOutcome:
+    """Checkpoint directory -> GGUF file -> pinned models.lock entry."""
+    cache = cache or HashCache()
+    if req.outtype.lower() not in OUTTYPES:
+        raise ExportError(f"--outtype {req.outtype!r} is not one of {', '.join(OUTTYPES)}")
+    ckpt = read_checkpoint(req.model_dir)
+    out = Path(req.out) if req.out else default_gguf_path(req.model_dir, req.outtype)
+    check_new_output(out, req.force)
+    lock = _load_lock(req.lock)
+    name = req.entry.name or default_name(out)
+    if req.lock.enabled:
+        check_name_free(lock, name, FileSource(_rel(out, lock)), req.force)
+    tok = tokenizer_for(
+        ckpt.dir, ckpt.hparams.n_vocab, tokenizer_from=req.tokenizer_from, pre=req.pre,
+        locate_gguf=gguf_locator(lock, cache),
+    )
+    result = write_gguf(ckpt, tok, out, outtype=req.outtype, force=req.force, on_tensor=on_tensor)
+    if not req.lock.enabled:
+        return GgufOutcome(result, None, None)
+    provenance = {
+        "tool": "assistant export gguf",
+        "source_dir": _rel(ckpt.dir, lock),
+        "source_sha256": content_sha256(ckpt.dir, cache.sha256),
+        "outtype": result.outtype,
+        "tokenizer": tok.source,
+        **({"tokenizer_sha256": tok.source_sha256} if tok.source_sha256 else {}),
+        "versions": tool_versions(),
+    }
+    spec = replace(req.entry, name=name, description=req.entry.description
+                   or f"{ckpt.name} exported to GGUF {result.outtype} by `assistant export gguf`")
+    entry = make_entry(out, lock, spec, base=tok.teacher, provenance=provenance, cache=cache)
+    record(lock, entry, force=req.force)
+    return GgufOutcome(result, entry, lock.path)
+
+
+def quantize_file(req: QuantizeRequest, cache: HashCache | None = None, on_type: Callable[[str], None] | None = None) -> list[QuantOutcome]:
+    """One GGUF -> one quantized GGUF per requested type, each with a pinned lock entry."""
+    from assistant.gguf_file import read_gguf
+
+    cache = cache or HashCache()
+    types = parse_types(req.types)
+    src = Path(req.src)
+    check_source(read_gguf(src))
+    outs = [output_path(src, t, req.out_dir) for t in types]
+    for out in outs:
+        check_new_output(out, req.force)
+    lock = _load_lock(req.lock)
+    base = entry_for_path(lock, src)
+    names = [(req.entry.name if len(types) == 1 else f"{req.entry.name}-{t.lower()}") if req.entry.name
+             else default_name(out) for t, out in zip(types, outs)]
+    if req.lock.enabled:
+        for name, out in zip(names, outs):
+            check_name_free(lock, name, FileSource(_rel(out, lock)), req.force)
+    src_sha = cache.sha256(src)
+    outcomes = []
+    for t, out, name in zip(types, outs, names):
+        if on_type:
+            on_type(t)
+        result = quantize(src, t, out, force=req.force, threads=req.threads)
+        entry = None
+        if req.lock.enabled:
+            inherited = {k: v for k, v in (base.provenance if base else {}).items()
+                         if k in ("source_dir", "source_sha256", "tokenizer", "tokenizer_sha256")}
+            provenance = {
+                "tool": "assistant export quantize",
+                "quantized_from": {"file": _rel(src, lock), "sha256": src_sha, **({"name": base.name} if base else {})},
+                **inherited,
+                "fallback_tensors": len(result.fallbacks),
+                "versions": tool_versions(),
+            }
+            spec = replace(req.entry, name=name, roles=req.entry.roles or (base.roles if base else None),
+                           description=req.entry.description or f"{src.name} quantized to {t} by `assistant export quantize`")
+            entry = make_entry(out, lock, spec, base=base, provenance=provenance, cache=cache)
+            lock = record(lock, entry, force=req.force)
+        outcomes.append(QuantOutcome(result, entry))
+    return outcomes
+
+
+def verify_files(
+    model_dir: Path,
+    files: list[str],
+    cfg: VerifyConfig = VerifyConfig(),
+    *,
+    lock_path: Path | None = None,
+    cache: HashCache | None = None,
+    on_file: Callable[[Path], None] | None = None,
+) -> VerifyReport:
+    """``files`` are .gguf paths or models.lock names (verified against their pins first)."""
+    cache = cache or HashCache()
+    model_dir = Path(model_dir)
+    read_checkpoint(model_dir)  # a clear error for a non-Llama directory before torch loads
+    lock = _load_lock(LockTarget(lock_path, enabled=False))
+    paths = []
+    for f in files:
+        if lock is not None and lock.find(f) is not None:
+            paths.append(resolve(f, lock, cache, offline=True).path)
+        else:
+            paths.append(Path(f))
+    tokenizer_gguf = None
+    record_ = read_record(model_dir)
+    if record_ and not any((model_dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model")):
+        ref = record_["gguf"]
+        if (model_dir / ref).is_file():
+            ref = str(model_dir / ref)  # recorded relative to the model directory
+        tokenizer_gguf, _, _ = gguf_locator(lock, cache)(ref)
+    return verify(model_dir, paths, cfg, tokenizer_gguf=tokenizer_gguf, on_file=on_file)
