@@ -42,6 +42,13 @@ app.add_typer(models_app, name="models")
 eval_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Evaluate models: HumanEval-style pass@k.")
 app.add_typer(eval_app, name="eval")
 
+# Sub-commands that live in their own modules; those modules import nothing heavy at the top.
+from assistant.bench_cmd import bench  # noqa: E402
+from export.cli import export_app  # noqa: E402
+
+app.command("bench")(bench)
+app.add_typer(export_app, name="export")
+
 ModelOpt = typer.Option(None, "--model", "-m", help="Lock name or path to a .gguf file (default: the lock's default).")
 OfflineOpt = typer.Option(False, "--offline", help="Never touch the network (also HF_HUB_OFFLINE=1).")
 LockOpt = typer.Option(None, "--lock", envvar="ASSISTANT_LOCK", help="models.lock to use.")
@@ -223,10 +230,11 @@ def eval_humaneval(
     max_tokens: int = typer.Option(512, "--max-tokens", min=16),
     prompt_style: Optional[str] = typer.Option(None, "--prompt-style", help="chat or completion (default: the model's)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N problems."),
-    rerank: str = typer.Option("none", "--rerank", help="none, codet or cluster."),
+    rerank: str = typer.Option("none", "--rerank", help="none, codet, cluster, or codet,cluster (both from one execution matrix)."),
     tests: int = typer.Option(10, "--tests", min=1, help="Generated asserts per problem for reranking."),
     seed: int = typer.Option(0, "--seed", min=0),
     timeout: float = typer.Option(10.0, "--timeout", min=0.5, help="Seconds per program in the sandbox."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message for chat prompts (default: the chat template's own)."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help="JSONL in HumanEval's schema (default: HumanEval)."),
     out: Path = typer.Option(Path("runs/humaneval"), "--out", help="Results directory (reruns resume)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
@@ -249,6 +257,7 @@ def eval_humaneval(
     cfg = evaluate.EvalConfig(
         n=samples, ks=ks, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
         prompt_style=prompt_style or resolved.prompt_style, rerank=rerank, tests=tests, seed=seed, timeout_s=timeout,
+        system=system,
     )
     cfg.validate()
     run_programs = lambda programs, timeout_s: run_many(programs, Limits(timeout_s=timeout_s))
