@@ -70,19 +70,8 @@ def bench(
 
 def main() -> None:
     """`python -m assistant.bench ...`: the same command, with errors as one line (like the CLI)."""
-    from typer.core import TyperCommand
-
-    from assistant.errors import AssistantError
-
-    class _OneLine(TyperCommand):
-        def invoke(self, ctx):
-            try:
-                return super().invoke(ctx)
-            except AssistantError as e:
-                sys.stdout.flush()
-                typer.echo(f"error: {' '.join(str(e).split())}", err=True)
-                raise typer.Exit(e.exit_code)
+    from assistant.cli_support import OneLineErrorCommand
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command(cls=_OneLine)(bench)
+    app.command(cls=OneLineErrorCommand)(bench)
     app(prog_name="python -m assistant.bench")

@@ -8,27 +8,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from typer.core import TyperGroup
 
-from assistant.errors import AssistantError
-
-
-class _Group(TyperGroup):
-    """Turns every AssistantError and Ctrl-C into one line on stderr and an exit code."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except AssistantError as e:
-            _fail(str(e), e.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted; nothing was written", 130)
-
-
-def _fail(message: str, code: int) -> None:
-    sys.stdout.flush()
-    typer.echo(f"error: {' '.join(message.split())}", err=True)
-    raise typer.Exit(code)
+from assistant.cli_support import OneLineErrorGroup as _Group
 
 
 app = typer.Typer(

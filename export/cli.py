@@ -8,29 +8,12 @@ inside a command.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from typer.core import TyperGroup
 
-from assistant.errors import AssistantError
-
-
-class _ExportGroup(TyperGroup):
-    """One line on stderr and an exit code for every AssistantError, as the main CLI does."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except AssistantError as e:
-            sys.stdout.flush()
-            typer.echo(f"error: {' '.join(str(e).split())}", err=True)
-            raise typer.Exit(e.exit_code)
-        except KeyboardInterrupt:
-            typer.echo("error: interrupted; nothing was written under the output name", err=True)
-            raise typer.Exit(130)
+from assistant.cli_support import OneLineErrorGroup as _ExportGroup
 
 
 export_app = typer.Typer(
