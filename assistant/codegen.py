@@ -85,8 +85,7 @@ def load_model(name: str | None, lock_path: Path | None = None, offline: bool = 
 def generate(request: Request, options: GenerateOptions, on_text: TextCallback | None = None) -> GenerateResult:
     model = load_model(options.model, options.lock, options.offline)
     style = options.prompt_style or model.prompt_style
-    sampling = options.sampling
-    sampling = Sampling(**{**asdict(sampling), "stop": tuple(dict.fromkeys(sampling.stop + model.stop))})
+    sampling = replace(options.sampling, stop=tuple(dict.fromkeys(options.sampling.stop + model.stop)))
     with Engine(model, options.engine) as engine:
         prompt = engine.render(request, style=style, system=options.system)
         if options.rerank == "none":
@@ -101,8 +100,8 @@ def generate(request: Request, options: GenerateOptions, on_text: TextCallback |
 
 def _reranked(engine: Engine, request: Request, prompt: str, sampling: Sampling, options: GenerateOptions, style: str) -> GenerateResult:
     """CodeT / cluster reranking of ``options.samples`` candidates for a free-form request."""
-    from assistant.rerank import generate_tests, main_function, rerank, sample_candidates
-    from assistant.sandbox import Limits, run_many
+    from assistant.rerank import generate_tests, main_function, rerank, sample_candidates, sandbox_runner
+    from assistant.sandbox import Limits
 
     if sampling.temperature == 0:
         raise UsageError("reranking needs varied candidates", hint="pass --temperature 0.8 (or similar)")
@@ -114,9 +113,8 @@ def _reranked(engine: Engine, request: Request, prompt: str, sampling: Sampling,
     if entry is None:
         return GenerateResult(engine.model, candidates[0], sampling, style, candidates=candidates, note="no candidate defines a function: reranking skipped, first candidate shown")
     tests, used, failed = generate_tests(engine, request.user_message(), entry, options.tests, sampling)
-    limits = Limits(timeout_s=options.timeout_s)
-    runner = lambda programs: [r.stdout for r in run_many(programs, limits)]
     valid = [c if _parses(c) else None for c in codes]
+    runner = sandbox_runner(Limits(timeout_s=options.timeout_s))
     rr = rerank(options.rerank, valid, tests, runner, test_generations=used, test_parse_failures=failed)
     note = "" if tests else "the model wrote no usable asserts: every candidate ties, first valid one shown"
     return GenerateResult(engine.model, candidates[rr.chosen], sampling, style, rerank=rr, candidates=candidates, note=note)

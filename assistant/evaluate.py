@@ -104,7 +104,10 @@ def evaluate_problem(engine: Engine, problem: Problem, cfg: EvalConfig, run_prog
     samples = []
     for i, (g, s) in enumerate(zip(generations, solutions)):
         r = outcome.get(i)
-        _count(issues, s.problem.replace(" ", "_")) if s.problem else _count(issues, r.outcome.value) if r and not r.passed else None
+        if s.problem:
+            _count(issues, s.problem.replace(" ", "_"))
+        elif r and not r.passed:
+            _count(issues, r.outcome.value)
         _count(issues, "hit_max_tokens", g.finish_reason == "length")
         samples.append(
             {

@@ -84,6 +84,13 @@ def rerank(method: str, solutions: Sequence[str | None], tests: list[str], runne
     return rerank_many([method], solutions, tests, runner, **counts)[0]
 
 
+def sandbox_runner(limits) -> ProgramRunner:
+    """Run harness programs in the sandbox pool and hand back their stdout."""
+    from assistant.sandbox import run_many
+
+    return lambda programs: [r.stdout for r in run_many(programs, limits)]
+
+
 def main_function(codes: Sequence[str | None]) -> str | None:
     """The function most candidates define first: the entry point of a free-form request."""
     names = []
