@@ -336,12 +336,7 @@ def resolve(
     assert entry is not None
     v = verify(entry, lock, cache)
     if v.status == Status.MISSING and isinstance(entry.source, HfSource) and entry.pinned:
-        if offline:
-            raise ModelError(
-                f"model {entry.name!r} is not downloaded and offline mode is on (--offline or HF_HUB_OFFLINE=1)",
-                hint=f"run `{_pull_command(entry)}` while online",
-            )
-        v, _ = pull(entry, lock, cache, offline=offline, downloader=downloader)
+        v, _ = pull(entry, lock, cache, offline=offline, downloader=downloader)  # refuses when offline
     _raise_for(v, entry)
     assert v.path is not None and v.sha256 is not None
     return ResolvedModel(v.path, v.sha256, read_gguf(v.path), entry)
