@@ -10,6 +10,8 @@ from typer.core import TyperCommand, TyperGroup
 from assistant.errors import AssistantError
 
 INTERRUPTED = "interrupted; nothing was written"
+# Modules only the training/export extras install: a laptop install gets a hint, not a traceback.
+EXTRA_MODULES = {"torch": "distill", "transformers": "distill", "accelerate": "distill", "safetensors": "distill", "gguf": "export", "numpy": "distill", "tokenizers": "distill", "matplotlib": "distill"}
 
 
 def guarded_invoke(invoke, ctx):
@@ -19,6 +21,12 @@ def guarded_invoke(invoke, ctx):
         fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         fail(INTERRUPTED, 130)
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in EXTRA_MODULES:
+            raise
+        extra = EXTRA_MODULES[top]
+        fail(f"this command needs {top}, which the base install leaves out: pip install 'local-code-assistant[{extra}]'", 1)
 
 
 def fail(message: str, code: int) -> None:

@@ -37,7 +37,7 @@ def default_gguf(lock) -> Path:
 @pytest.fixture(scope="session")
 def engine(lock, tmp_path_factory):
     model = resolve(None, lock, HashCache(tmp_path_factory.mktemp("engine-cache") / "h.json"))
-    with Engine(model, EngineConfig(n_ctx=2048, n_threads=2)) as e:
+    with Engine(model, EngineConfig(n_ctx=2048)) as e:
         yield e
 
 
