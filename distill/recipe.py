@@ -26,6 +26,7 @@ class Recipe:
     teacher: str = "smollm2-135m-instruct"  # lock name, hf-id@revision, or HF directory
     corpus: str = ""  # directory written by `assistant distill corpus`
     logit_cache: str | None = None  # directory written by `assistant distill cache-logits` (no teacher in memory)
+    train_blocks: int | None = None  # draw only from the first N training blocks (e.g. those a logit cache covers)
     eval_with_teacher: bool = True  # load the teacher for validation KL/top-1 even when training from the cache
     out: str = "runs/distill"
     student: StudentSpec = field(default_factory=StudentSpec)
@@ -65,6 +66,8 @@ class Recipe:
         for name in ("block_size", "micro_batch", "grad_accum", "max_steps", "eval_blocks", "log_interval", "ckpt_interval", "eval_interval"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.train_blocks is not None and self.train_blocks < 1:
+            raise UsageError(f"train_blocks must be at least 1, got {self.train_blocks}")
         if self.warmup_steps < 0 or self.warmup_steps > self.max_steps:
             raise UsageError(f"warmup_steps must be in 0..max_steps ({self.max_steps}), got {self.warmup_steps}")
         if self.min_lr > self.lr:

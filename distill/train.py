@@ -315,14 +315,37 @@ def _open_data(recipe: Recipe):
     n_train = train.n_blocks(recipe.block_size)
     if n_train == 0:
         raise UsageError(f"corpus {recipe.corpus} has fewer than {recipe.block_size + 1} training tokens: lower block_size or build a bigger corpus")
+    if recipe.train_blocks is not None:
+        n_train = min(n_train, recipe.train_blocks)
     cache = None
     if recipe.logit_cache:
         from distill.logit_cache import LogitCache
 
         cache = LogitCache.open(recipe.logit_cache)
         cache.check_matches(corpus, "train", recipe.block_size)
-        n_train = min(n_train, cache.n_blocks)
+        if cache.n_blocks < n_train:
+            raise UsageError(
+                f"the logit cache covers {cache.n_blocks} training blocks but the run draws from {n_train}: "
+                f"set train_blocks = {cache.n_blocks} in the recipe, or cache more blocks"
+            )
     return corpus, train, cache, n_train
+
+
+def check_tokenizers(teacher: Teacher, corpus, recipe: Recipe) -> None:
+    """Token ids must mean the same thing to the corpus, the teacher and a pretrained student."""
+    from distill.tokenizer import load_tokenizer, same_tokenizer
+
+    theirs = load_tokenizer(teacher.tokenizer_spec)
+    others = [("corpus", Path(recipe.corpus) / "tokenizer.json", corpus.manifest["tokenizer"].get("sha256"))]
+    init = Path(recipe.student.init).expanduser()
+    if recipe.student.init not in ("teacher", "random") and (init / "tokenizer.json").is_file():
+        others.append(("student", init, None))
+    for what, spec, sha in others:
+        if sha == theirs.sha256:
+            continue
+        ok, reason = same_tokenizer(theirs, str(spec))
+        if not ok:
+            raise AssistantError(f"the {what} and the teacher use different tokenizers ({reason}): rebuild the {what} with --tokenizer {teacher.tokenizer_spec}")
 
 
 def _wrap(step_module: DistillStep, recipe: Recipe, env: Env):
@@ -361,8 +384,8 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
 
     need_teacher = cache is None or recipe.eval_with_teacher or recipe.student.init == "teacher"
     teacher = load_teacher(recipe.teacher, device=str(env.device)) if need_teacher else None
-    if teacher is not None and teacher.vocab_size < corpus.vocab_size:
-        raise AssistantError(f"teacher vocab ({teacher.vocab_size}) is smaller than the corpus tokenizer's ({corpus.vocab_size}): build the corpus with the teacher's tokenizer")
+    if teacher is not None:
+        check_tokenizers(teacher, corpus, recipe)
     if teacher is not None:
         student_info = build_student(recipe.student, teacher.model)
     else:
@@ -496,7 +519,8 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
 
 
 def _cache_tokenizer(cache) -> str:
-    return cache.manifest.get("teacher", {}).get("source") or cache.manifest.get("teacher_source")
+    teacher = cache.manifest["teacher"]
+    return teacher.get("tokenizer_spec") or teacher["source"]
 
 
 class _null:

@@ -161,11 +161,12 @@ def test_training_from_the_logit_cache_needs_no_teacher_in_memory(world, tmp_pat
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(world, tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_process_run_matches_one_process_with_the_same_global_batch(world, tmp_path, fsdp):
     from distill.train import train
 
     single = train(_recipe(world, tmp_path / "single", micro_batch=2, grad_accum=1, max_steps=4))
-    ddp_recipe = _recipe(world, tmp_path / "ddp", micro_batch=1, grad_accum=1, max_steps=4)
+    ddp_recipe = _recipe(world, tmp_path / "ddp", micro_batch=1, grad_accum=1, max_steps=4, fsdp=fsdp)
     launch = tmp_path / "ddp.json"
     launch.write_text(json.dumps(ddp_recipe.to_dict()))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -236,3 +237,18 @@ def test_data_order_depends_only_on_the_global_batch():
         assert single == split
     epoch = sum((sum(sample_indices(s, one, Env(), 8), []) for s in range(2)), [])
     assert sorted(epoch) == list(range(8))  # one epoch visits every block once
+
+
+def test_a_teacher_with_another_tokenizer_is_refused(world, tmp_path):
+    from distill.train import train
+
+    other = tmp_path / "teacher"
+    shutil.copytree(world["teacher"], other)
+    data = json.loads((other / "tokenizer.json").read_text())
+    vocab = data["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[300:302]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    (other / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(AssistantError, match="different tokenizers"):
+        train(_recipe(world, tmp_path / "run", teacher=str(other)))
+    assert not (tmp_path / "run" / "student").exists()

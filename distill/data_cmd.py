@@ -1,0 +1,139 @@
+"""`assistant distill corpus` and `assistant distill cache-logits`: argument parsing and printing.
+
+The work is in distill.corpus and distill.logit_cache. Importing this module costs only typer:
+numpy, tokenizers and torch are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+
+DEFAULT_TEACHER = "smollm2-135m-instruct"  # = distill.tokenizer.DEFAULT_TEACHER, kept here so --help stays cheap
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON on stdout.")
+
+
+@contextlib.contextmanager
+def _bar(label: str, unit: str) -> Iterator:
+    """A rich progress bar on stderr when it is a terminal; yields update(completed, total, status) or None."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit + " {task.fields[status]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True)) as bar:
+        task = bar.add_task(label, total=None, status="")
+
+        def update(completed: int, total: int, status: str = "") -> None:
+            bar.update(task, completed=min(completed, total), total=total, status=status)
+
+        yield update
+
+
+def corpus(
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to write (built beside it, then renamed into place)."),
+    roots: Optional[List[Path]] = typer.Option(
+        None, "--roots", "--root", help="Directory or .py file to collect (repeatable; default: this Python's stdlib and site-packages)."
+    ),
+    tokenizer: str = typer.Option(
+        DEFAULT_TEACHER, "--tokenizer", help="The teacher's tokenizer: models.lock name, .gguf, model directory, tokenizer.json or id@revision."
+    ),
+    val_fraction: float = typer.Option(0.02, "--val-fraction", min=0.0, max=0.99, help="Share of files (by content hash) in the validation split."),
+    shard_tokens: int = typer.Option(1 << 24, "--shard-tokens", min=1, help="Tokens per shard file."),
+    max_files: Optional[int] = typer.Option(None, "--max-files", min=1, help="Stop after this many kept files."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Stop after the file that brings the total to this many tokens."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out directory."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Collect, filter, decontaminate and tokenize Python files into memory-mapped token shards."""
+    from distill.corpus import CorpusConfig, build_corpus, check_out_dir
+    from distill.tokenizer import load_tokenizer
+
+    config = CorpusConfig(roots=tuple(roots or ()), val_fraction=val_fraction, shard_tokens=shard_tokens,
+                          max_files=max_files, max_tokens=max_tokens)
+    config.validate()
+    check_out_dir(out.expanduser().resolve(), force)  # before the tokenizer's seconds
+    tok = load_tokenizer(tokenizer)
+    with _bar("corpus", "tokens" if max_tokens else "files") as update:
+        progress = None
+        if update is not None:
+            def progress(scanned: int, total: int, tokens: int) -> None:
+                if max_tokens:
+                    update(tokens, max_tokens, f"({scanned:,}/{total:,} files)")
+                else:
+                    update(scanned, total, f"({tokens:,} tokens)")
+
+        result = build_corpus(tok, config, out, force=force, progress=progress)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    d = result.to_dict()
+    f, t = d["files"], d["tokens"]
+    skipped = ", ".join(f"{k} {v}" for k, v in d["skipped"].items()) or "none"
+    typer.echo(f"wrote {d['path']}: {f['kept']} files ({f['train']} train, {f['validation']} validation) of {f['seen']} read, "
+               f"{t['train']:,} train + {t['validation']:,} validation tokens, {d['seconds']:.1f} s")
+    typer.echo(f"skipped: {skipped}")
+    typer.echo(f"tokenizer {d['tokenizer']['source']} (sha256 {d['tokenizer']['sha256'][:12]}); manifest sha256 {d['manifest_sha256']}")
+
+
+def cache_logits(
+    corpus_dir: Path = typer.Option(..., "--corpus", help="A directory written by `assistant distill corpus`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Cache directory (a rerun with the same settings resumes)."),
+    block_size: int = typer.Option(..., "--block-size", min=1, help="Tokens per block, as the training run will use."),
+    teacher: str = typer.Option(DEFAULT_TEACHER, "--teacher", help="models.lock name, id@revision or HF model directory."),
+    top_k: int = typer.Option(64, "--top-k", min=1, help="Log-probabilities kept per token."),
+    split: str = typer.Option("train", "--split", help="train or validation."),
+    max_blocks: Optional[int] = typer.Option(None, "--max-blocks", min=1, help="Only the first N blocks of the split."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, help="Blocks per teacher forward pass."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Teacher weights: float32 (default), bfloat16 or float16."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run the teacher once over a corpus split and store its top-k log-probabilities per token."""
+    from distill.corpus import TokenCorpus
+    from distill.logit_cache import CacheConfig, build_logit_cache, precheck_out
+    from distill.tokenizer import TokenizerError, load_tokenizer, same_tokenizer
+
+    corp = TokenCorpus.open(corpus_dir)
+    tokens = corp.split(split)
+    precheck_out(out.expanduser().resolve(), tokens, block_size, top_k)
+    try:
+        teacher_tok = load_tokenizer(teacher)
+    except TokenizerError as e:
+        teacher_tok = None
+        typer.echo(f"note: cannot compare the corpus tokenizer with the teacher's ({e})", err=True)
+    if teacher_tok is not None and teacher_tok.sha256 != corp.manifest["tokenizer"]["sha256"]:
+        ok, why = same_tokenizer(load_tokenizer(str(corp.tokenizer_json())), teacher_tok)
+        if not ok:
+            from distill.logit_cache import CacheError
+
+            raise CacheError(f"the corpus at {corp.path} was tokenized with another vocabulary than teacher {teacher}: {why}",
+                             hint=f"rebuild it with assistant distill corpus --tokenizer {teacher}")
+
+    from distill.models import load_teacher
+
+    t = load_teacher(teacher, device=device, dtype=dtype)
+    config = CacheConfig(block_size=block_size, vocab_size=t.vocab_size, teacher_source=t.source, teacher_sha256=t.sha256,
+                         k=top_k, max_blocks=max_blocks, batch_size=batch_size, device=device,
+                         teacher_tokenizer=getattr(t, "tokenizer_spec", teacher))
+
+    def forward(input_ids):
+        return t.model(input_ids=input_ids, use_cache=False).logits
+
+    with _bar("teacher", "blocks") as update:
+        result = build_logit_cache(forward, tokens, config, out, progress=(lambda done, total: update(done, total)) if update else None)
+    d = result.to_dict()
+    if json_out:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    typer.echo(f"wrote {d['path']}: {d['n_blocks']} blocks x {d['block_size']} tokens of {d['split']}, top-{d['k']}, "
+               f"{d['bytes'] / 1e6:.1f} MB in {d['shards']} shards ({d['shards_reused']} reused), {d['seconds']:.1f} s")
+    typer.echo(f"{d['bytes_per_token']} bytes/token vs {d['full_fp16_bytes_per_token']:,} for fp16 logits "
+               f"({100 * d['ratio_to_fp16_logits']:.2f}%); teacher {d['teacher']['source']} (sha256 {d['teacher']['sha256'][:12]})")
