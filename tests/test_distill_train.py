@@ -252,3 +252,50 @@ def test_a_teacher_with_another_tokenizer_is_refused(world, tmp_path):
     with pytest.raises(AssistantError, match="different tokenizers"):
         train(_recipe(world, tmp_path / "run", teacher=str(other)))
     assert not (tmp_path / "run" / "student").exists()
+
+
+def test_one_factor_sweep_tabulates_and_resumes(world, tmp_path):
+    from distill.sweep import run_sweep
+    from distill.train import train
+
+    base = _recipe(world, tmp_path / "unused", max_steps=2, eval_interval=2, ckpt_interval=2)
+    calls = []
+
+    def counted(recipe):
+        calls.append((recipe.alpha, recipe.temperature))
+        return train(recipe)
+
+    points = run_sweep(base, [0.0, 0.5], [2.0], tmp_path / "sweep", mode="one-factor", train_fn=counted)
+    assert [(p.alpha, p.temperature) for p in points] == [(0.0, 1.0), (0.5, 1.0), (0.5, 2.0)]
+    assert calls == [(0.0, 1.0), (0.5, 1.0), (0.5, 2.0)]
+    rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert len(rows) == 3 and all(r["val_ce"] > 0 and 0 <= r["val_top1"] <= 1 for r in rows)
+    png = (tmp_path / "sweep" / "heatmap.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    calls.clear()
+    again = run_sweep(base, [0.0, 0.5], [2.0], tmp_path / "sweep", mode="one-factor", train_fn=counted)
+    assert calls == [] and [p.metrics for p in again] == [p.metrics for p in points]
+
+
+def test_cli_train_json_and_one_line_errors(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from assistant.cli import app
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'teacher = "{world["teacher"]}"\ncorpus = "{world["corpus"]}"\nblock_size = 32\nmicro_batch = 2\nmax_steps = 2\n'
+        "warmup_steps = 1\neval_blocks = 2\nchunk_size = 16\n[student]\nlayers = 1\n"
+    )
+    runner = CliRunner()
+    result = runner.invoke(app, ["distill", "train", "--recipe", str(recipe), "--out", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and Path(summary["student"]).is_dir() and summary["val_ce"] > 0
+
+    bad = runner.invoke(app, ["distill", "train", "--recipe", str(recipe), "--set", "alpha=3", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "alpha" in bad.stderr
+    missing = runner.invoke(app, ["distill", "train", "--corpus", str(tmp_path / "nothing"), "--out", str(tmp_path / "bad")])
+    assert missing.exit_code != 0 and "Traceback" not in missing.output and missing.stderr.startswith("error:")
+    sweep = runner.invoke(app, ["distill", "sweep", "--alpha", "a,b"])
+    assert sweep.exit_code == 2 and "--alpha" in sweep.stderr
