@@ -123,3 +123,39 @@ def sweep_cmd(
         from distill.views import print_sweep
 
         print_sweep(points, out)
+
+
+@distill_app.command("pipeline")
+def pipeline_cmd(
+    recipe_path: Path = typer.Argument(..., help="Pipeline TOML with [corpus], [cache] (optional), [distill] and [export] tables."),
+    stages: str = typer.Option("corpus,cache,train,export", "--stages", help="Comma-separated subset, in order (the GPU machine runs corpus,cache,train)."),
+    overrides: Optional[List[str]] = SetOpt,
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Corpus → teacher-logit cache → distillation → GGUF → quantize → verify → models.lock, each stage resumable."""
+    from dataclasses import asdict
+
+    from distill.pipeline import load_pipeline, run_pipeline, with_overrides
+
+    pipeline = with_overrides(load_pipeline(recipe_path), overrides or [])
+    chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
+    say = (lambda text: typer.echo(text, err=True))
+    display = None
+    if not json_out:
+        from distill.display import TrainDisplay
+
+        display = TrainDisplay
+    result = run_pipeline(pipeline, chosen, say=say, display_factory=display)
+    typer.echo(json.dumps(asdict(result), indent=2, default=str) if json_out else _pipeline_text(result))
+
+
+def _pipeline_text(result) -> str:
+    lines = [f"stages: {', '.join(result.stages)}"]
+    if result.train:
+        t = result.train
+        lines.append(f"student: {t['student']} ({t['parameters'] / 1e6:.1f}M parameters, {t['steps']} steps, val CE {t.get('val_ce', float('nan')):.4f})")
+    if result.export:
+        lines.append(f"exported: {', '.join(result.export['files'])}; lock: {', '.join(result.export['lock_names']) or '-'}")
+        if "verify" in result.export:
+            lines.append(f"verify: {'passed' if result.export['verify']['passed'] else 'FAILED'}")
+    return "\n".join(lines)

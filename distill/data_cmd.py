@@ -97,38 +97,15 @@ def cache_logits(
     json_out: bool = JsonOpt,
 ) -> None:
     """Run the teacher once over a corpus split and store its top-k log-probabilities per token."""
-    from distill.corpus import TokenCorpus
-    from distill.logit_cache import CacheConfig, build_logit_cache, precheck_out
-    from distill.tokenizer import TokenizerError, load_tokenizer, same_tokenizer
-
-    corp = TokenCorpus.open(corpus_dir)
-    tokens = corp.split(split)
-    precheck_out(out.expanduser().resolve(), tokens, block_size, top_k)
-    try:
-        teacher_tok = load_tokenizer(teacher)
-    except TokenizerError as e:
-        teacher_tok = None
-        typer.echo(f"note: cannot compare the corpus tokenizer with the teacher's ({e})", err=True)
-    if teacher_tok is not None and teacher_tok.sha256 != corp.manifest["tokenizer"]["sha256"]:
-        ok, why = same_tokenizer(load_tokenizer(str(corp.tokenizer_json())), teacher_tok)
-        if not ok:
-            from distill.logit_cache import CacheError
-
-            raise CacheError(f"the corpus at {corp.path} was tokenized with another vocabulary than teacher {teacher}: {why}",
-                             hint=f"rebuild it with assistant distill corpus --tokenizer {teacher}")
-
-    from distill.models import load_teacher
-
-    t = load_teacher(teacher, device=device, dtype=dtype)
-    config = CacheConfig(block_size=block_size, vocab_size=t.vocab_size, teacher_source=t.source, teacher_sha256=t.sha256,
-                         k=top_k, max_blocks=max_blocks, batch_size=batch_size, device=device,
-                         teacher_tokenizer=getattr(t, "tokenizer_spec", teacher))
-
-    def forward(input_ids):
-        return t.model(input_ids=input_ids, use_cache=False).logits
+    from distill.logit_cache import cache_teacher_logits
 
     with _bar("teacher", "blocks") as update:
-        result = build_logit_cache(forward, tokens, config, out, progress=(lambda done, total: update(done, total)) if update else None)
+        result = cache_teacher_logits(
+            corpus_dir, teacher, out, block_size=block_size, k=top_k, split=split, max_blocks=max_blocks,
+            batch_size=batch_size, device=device, dtype=dtype,
+            progress=(lambda done, total: update(done, total)) if update else None,
+            note=lambda text: typer.echo(f"note: {text}", err=True),
+        )
     d = result.to_dict()
     if json_out:
         typer.echo(json.dumps(d, indent=2))

@@ -402,3 +402,47 @@ class LogitCache:
             raise CacheError(f"the logit cache at {self.path} holds the {self.split} split, not {split}", hint=fix)
         if self.block_size != block_size:
             raise CacheError(f"the logit cache at {self.path} has block size {self.block_size}, not {block_size}", hint=fix)
+
+
+def cache_teacher_logits(
+    corpus_dir: str | os.PathLike,
+    teacher: str,
+    out: str | os.PathLike,
+    *,
+    block_size: int,
+    k: int = 64,
+    split: str = "train",
+    max_blocks: int | None = None,
+    batch_size: int = 4,
+    device: str = "cpu",
+    dtype: str | None = None,
+    progress: Progress | None = None,
+    note: Callable[[str], None] | None = None,
+) -> CacheManifest:
+    """The `cache-logits` command as a function: check the vocabularies, load the teacher, cache."""
+    from distill.corpus import TokenCorpus
+    from distill.models import load_teacher
+    from distill.tokenizer import TokenizerError, load_tokenizer, same_tokenizer
+
+    corp = TokenCorpus.open(corpus_dir)
+    tokens = corp.split(split)
+    precheck_out(Path(out).expanduser().resolve(), tokens, block_size, k)
+    try:
+        teacher_tok = load_tokenizer(teacher)
+    except TokenizerError as e:
+        teacher_tok = None
+        if note:
+            note(f"cannot compare the corpus tokenizer with the teacher's ({e})")
+    if teacher_tok is not None and teacher_tok.sha256 != corp.manifest["tokenizer"]["sha256"]:
+        ok, why = same_tokenizer(load_tokenizer(str(corp.tokenizer_json())), teacher_tok)
+        if not ok:
+            raise CacheError(f"the corpus at {corp.path} was tokenized with another vocabulary than teacher {teacher}: {why}",
+                             hint=f"rebuild it with assistant distill corpus --tokenizer {teacher}")
+    t = load_teacher(teacher, device=device, dtype=dtype)
+    config = CacheConfig(block_size=block_size, vocab_size=t.vocab_size, teacher_source=t.source, teacher_sha256=t.sha256,
+                         k=k, max_blocks=max_blocks, batch_size=batch_size, device=device, teacher_tokenizer=t.tokenizer_spec)
+
+    def forward(input_ids):
+        return t.model(input_ids=input_ids, use_cache=False).logits
+
+    return build_logit_cache(forward, tokens, config, out, progress=progress)

@@ -96,6 +96,14 @@ def gguf_as_hf_dir(gguf_path: Path, sha256: str) -> Path:
     return out
 
 
+def _resolve_gguf(spec: str, offline: bool):
+    """A lock name or .gguf path, verified against its pinned sha256 (no llama.cpp import)."""
+    from assistant.lockfile import load_lock
+    from assistant.model_store import HashCache, offline_mode, resolve
+
+    return resolve(spec, load_lock(), HashCache(), offline=offline_mode(offline))
+
+
 def load_teacher(spec: str, *, device: str = "cpu", dtype: Any = None, offline: bool = False) -> Teacher:
     """A teacher by lock name, `hf-id@revision`, or local HF directory (see module docstring)."""
     from transformers import LlamaForCausalLM
@@ -113,9 +121,7 @@ def load_teacher(spec: str, *, device: str = "cpu", dtype: Any = None, offline: 
     if "/" in spec and not path.exists():
         raise UsageError(f"teacher {spec!r} is not pinned: write it as {spec}@<40-hex commit> so the run is reproducible")
 
-    from assistant.codegen import load_model
-
-    resolved = load_model(spec, offline=offline)
+    resolved = _resolve_gguf(spec, offline)
     hf_dir = gguf_as_hf_dir(resolved.path, resolved.sha256)
     model = LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=_torch_dtype(dtype))
     return Teacher(_finish(model, device, dtype), resolved.name, resolved.sha256, model.config.vocab_size, resolved.name)
@@ -131,9 +137,7 @@ def load_teacher_config(spec: str, *, offline: bool = False):
     pinned = PINNED.match(spec)
     if pinned:
         return LlamaConfig.from_pretrained(pinned["repo"], revision=pinned["rev"])
-    from assistant.codegen import load_model
-
-    resolved = load_model(spec, offline=offline)
+    resolved = _resolve_gguf(spec, offline)
     return LlamaConfig.from_pretrained(str(gguf_as_hf_dir(resolved.path, resolved.sha256)))
 
 

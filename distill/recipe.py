@@ -18,7 +18,7 @@ from assistant.errors import UsageError
 from distill.models import StudentSpec
 
 # Settings that do not change the weights a run reaches (where and how often it reports).
-NOT_HASHED = ("out", "log_interval", "ckpt_interval", "eval_interval", "eval_blocks", "compile", "stop_after")
+NOT_HASHED = ("out", "log_interval", "ckpt_interval", "eval_interval", "eval_blocks", "compile", "stop_after", "time_limit_s")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Recipe:
     compile: bool = False
     fsdp: bool = False
     stop_after: int | None = None  # stop (as if killed) after this step's checkpoint; for budgets and tests
+    time_limit_s: float | None = None  # checkpoint and stop once this much wall time has passed (leased GPUs)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "micro_batch", "grad_accum", "max_steps", "eval_blocks", "log_interval", "ckpt_interval", "eval_interval"):

@@ -424,7 +424,8 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
     loss_cfg = recipe.loss_config()
     last_val: dict[str, float] = {}
     tokens_per_step = recipe.micro_batch * recipe.grad_accum * env.world * recipe.block_size
-    t_last, tokens_last = time.perf_counter(), tokens_seen
+    started = t_last = time.perf_counter()
+    tokens_last = tokens_seen
     step = start_step
     try:
         while step < recipe.max_steps:
@@ -479,7 +480,12 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
                 display.update(step, row, last_val)
             if step % recipe.ckpt_interval == 0 or step == recipe.max_steps:
                 save_checkpoint(out, step, step_module, optimizer, recipe, env, tokens_seen)
-            if recipe.stop_after is not None and step >= recipe.stop_after and step < recipe.max_steps:
+            out_of_time = recipe.time_limit_s is not None and time.perf_counter() - started > recipe.time_limit_s
+            if env.world > 1 and recipe.time_limit_s is not None:  # every rank must stop at the same step
+                flag = torch.tensor(int(out_of_time), device=env.device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                out_of_time = bool(flag)
+            if step < recipe.max_steps and (out_of_time or (recipe.stop_after is not None and step >= recipe.stop_after)):
                 if step % recipe.ckpt_interval:
                     save_checkpoint(out, step, step_module, optimizer, recipe, env, tokens_seen)
                 return TrainResult(out, out / "student", step, tokens_seen, last_val, params, stopped_early=True)

@@ -299,3 +299,65 @@ def test_cli_train_json_and_one_line_errors(world, tmp_path):
     assert missing.exit_code != 0 and "Traceback" not in missing.output and missing.stderr.startswith("error:")
     sweep = runner.invoke(app, ["distill", "sweep", "--alpha", "a,b"])
     assert sweep.exit_code == 2 and "--alpha" in sweep.stderr
+
+
+@pytest.mark.slow
+def test_pipeline_runs_the_whole_chain_into_a_lock_that_generate_uses(world, tmp_path):
+    from assistant.codegen import GenerateOptions, generate
+    from assistant.engine import Sampling
+    from assistant.lockfile import load_lock
+    from assistant.prompts import Request
+    from distill.pipeline import load_pipeline, run_pipeline
+
+    lock = tmp_path / "lock" / "models.lock"
+    lock.parent.mkdir()
+    shutil.copyfile(REPO / "models.lock", lock)
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in CORPUS_FILES[:8]:
+        shutil.copyfile(STDLIB / name, src / name)
+    recipe = tmp_path / "pipeline.toml"
+    recipe.write_text(
+        f"""
+[corpus]
+out = "{tmp_path / 'corpus'}"
+tokenizer = "{world['teacher']}"
+roots = ["{src}"]
+val_fraction = 0.3
+
+[cache]
+out = "{tmp_path / 'cache'}"
+top_k = 8
+
+[distill]
+teacher = "{world['teacher']}"
+out = "{tmp_path / 'run'}"
+train_blocks = 8
+block_size = 32
+micro_batch = 2
+max_steps = 3
+warmup_steps = 1
+eval_blocks = 2
+chunk_size = 16
+
+[distill.student]
+layers = 1
+
+[export]
+name = "tiny-student"
+types = ["Q8_0"]
+out_dir = "{lock.parent / 'models'}"
+lock = "{lock}"
+"""
+    )
+    said = []
+    result = run_pipeline(load_pipeline(recipe), say=said.append)
+    assert result.cache["n_blocks"] == 8 and result.train["steps"] == 3
+    assert result.export["lock_names"] == ["tiny-student"] and result.export["verify"]["passed"]
+    entry = load_lock(lock).get("tiny-student")
+    assert entry.provenance["tool"] == "assistant export quantize"
+    out = generate(Request(prompt="def add(a, b):"), GenerateOptions(model="tiny-student", lock=lock, prompt_style="completion", sampling=Sampling(max_tokens=4, seed=0)))
+    assert out.generation.timings.generated_tokens >= 1
+    # a second run reuses every stage's output
+    again = run_pipeline(load_pipeline(recipe), ("corpus", "cache", "train"), say=said.append)
+    assert again.corpus["reused"] and again.train["steps"] == 3
