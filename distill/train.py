@@ -349,7 +349,10 @@ def check_tokenizers(teacher: Teacher, corpus, recipe: Recipe) -> None:
 
 
 def _wrap(step_module: DistillStep, recipe: Recipe, env: Env):
-    """DDP or FSDP around the student when distributed; torch.compile when asked."""
+    """DDP or FSDP around the student when distributed; torch.compile of its transformer body when asked
+    (the chunked loss, with its per-chunk recomputation, stays eager)."""
+    if recipe.compile:
+        step_module.student.model.compile()
     if env.world > 1 and recipe.fsdp:
         from torch.distributed.fsdp import fully_shard
 
@@ -363,7 +366,7 @@ def _wrap(step_module: DistillStep, recipe: Recipe, env: Env):
         wrapped = DistributedDataParallel(step_module, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     else:
         wrapped = step_module
-    return torch.compile(wrapped) if recipe.compile else wrapped
+    return wrapped
 
 
 def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> TrainResult:
@@ -439,7 +442,7 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
             if env.world > 1:
                 dist.all_reduce(n_global)
             n_global = int(n_global)
-            ce_sum = div_sum = 0.0
+            ce_sum = div_sum = torch.zeros((), dtype=torch.float64, device=env.device)  # no host sync per micro-batch
             for m, ((inputs, labels), idx) in enumerate(zip(micro, batches)):
                 if cache is not None:
                     target = load_cached_targets(cache, idx, env.device)
@@ -453,8 +456,8 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
                     loss, parts = model(inputs, labels, teacher_chunk, n_global)
                     # DDP/FSDP average gradients over ranks; the loss is already normalized globally
                     (loss * env.world).backward()
-                ce_sum += float(parts["ce"]) * n_global
-                div_sum += float(parts["div"]) * n_global
+                ce_sum = ce_sum + parts["ce"].double() * n_global
+                div_sum = div_sum + parts["div"].double() * n_global
             grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), recipe.grad_clip)
             if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
                 grad_norm = grad_norm.full_tensor()
@@ -463,7 +466,7 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
             step += 1
             tokens_seen += tokens_per_step
 
-            totals = torch.tensor([ce_sum, div_sum], device=env.device, dtype=torch.float64)
+            totals = torch.stack([ce_sum, div_sum])
             if env.world > 1:
                 dist.all_reduce(totals)
             ce, div = (float(x) / n_global for x in totals)
