@@ -28,12 +28,14 @@ from assistant.bench_cmd import bench  # noqa: E402
 from export.cli import export_app  # noqa: E402
 from distill.cli import distill_app  # noqa: E402
 from assistant.asserts_cmd import asserts, eval_asserts  # noqa: E402
+from assistant.fidelity_cmd import fidelity  # noqa: E402
 
 app.command("bench")(bench)
 app.add_typer(export_app, name="export")
 app.add_typer(distill_app, name="distill")
 app.command("asserts")(asserts)
 eval_app.command("asserts")(eval_asserts)
+app.command("fidelity")(fidelity)
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Lock name or path to a .gguf file (default: the lock's default).")
 OfflineOpt = typer.Option(False, "--offline", help="Never touch the network (also HF_HUB_OFFLINE=1).")
