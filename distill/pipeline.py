@@ -178,7 +178,9 @@ def export_stage(p: Pipeline, student_dir: Path, say: Callable[[str], None]) -> 
     say(f"quantize: {', '.join(e.types)} into {e.out_dir}")
     outcomes = quantize_file(
         QuantizeRequest(src=f16, types=",".join(e.types), out_dir=Path(e.out_dir), force=True,
-                        entry=EntrySpec(name=e.name, license=e.license, description=description), lock=lock)
+                        entry=EntrySpec(name=e.name, roles=("generate", "student"), license=e.license, description=description), lock=lock,
+                        base=p.distill.teacher,  # same tokenizer and chat format: the teacher's stop and prompt style
+                        provenance={"distilled": _training_record(provenance, p.source)})
     )
     files = [str(o.result.path) for o in outcomes]
     out: dict[str, Any] = {"f16": str(f16), "files": files, "lock_names": [o.entry.name for o in outcomes if o.entry]}
@@ -188,6 +190,20 @@ def export_stage(p: Pipeline, student_dir: Path, say: Callable[[str], None]) -> 
         out["verify"] = report.to_dict()
         (student_dir.parent / "verify.json").write_text(json.dumps(out["verify"], indent=2, default=str))
     return out
+
+
+def _training_record(provenance: dict, recipe_path: str) -> dict:
+    """What models.lock keeps about how the student was made (the full record is the run's provenance.json)."""
+    return {
+        "recipe": recipe_path,
+        "recipe_hash": provenance.get("recipe_hash", ""),
+        "teacher": provenance.get("teacher", {}).get("source", ""),
+        "teacher_sha256": provenance.get("teacher", {}).get("sha256") or "",
+        "corpus_manifest_sha256": provenance.get("corpus", {}).get("manifest_sha256", ""),
+        "steps": provenance.get("steps", 0),
+        "tokens": provenance.get("tokens", 0),
+        "final_metrics": provenance.get("final_metrics", {}),
+    }
 
 
 def with_overrides(p: Pipeline, overrides: list[str]) -> Pipeline:

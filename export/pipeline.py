@@ -57,6 +57,8 @@ class QuantizeRequest:
     threads: int = 0  # 0: llama.cpp's default
     entry: EntrySpec = field(default_factory=EntrySpec)
     lock: LockTarget = field(default_factory=LockTarget)
+    base: str | None = None  # lock entry whose prompt style, stop and license carry over when the source has none
+    provenance: dict | None = None  # recorded beside the tool's own (e.g. how a distilled student was trained)
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,8 @@ def quantize_file(req: QuantizeRequest, cache: HashCache | None = None, on_type:
     for out in outs:
         check_new_output(out, req.force)
     lock = _load_lock(req.lock)
-    base = entry_for_path(lock, src)
+    source_entry = entry_for_path(lock, src)
+    base = source_entry or (lock.find(req.base) if lock is not None and req.base else None)
     names = [(req.entry.name if len(types) == 1 else f"{req.entry.name}-{t.lower()}") if req.entry.name
              else default_name(out) for t, out in zip(types, outs)]
     if req.lock.enabled:
@@ -145,12 +148,13 @@ def quantize_file(req: QuantizeRequest, cache: HashCache | None = None, on_type:
         entry = None
         if req.lock.enabled:
             inherited = {k: v for k, v in (base.provenance if base else {}).items()
-                         if k in ("source_dir", "source_sha256", "tokenizer", "tokenizer_sha256")}
+                         if k in ("source_dir", "source_sha256", "tokenizer", "tokenizer_sha256") and source_entry}
             provenance = {
                 "tool": "assistant export quantize",
-                "quantized_from": {"file": _rel(src, lock), "sha256": src_sha, **({"name": base.name} if base else {})},
+                "quantized_from": {"file": _rel(src, lock), "sha256": src_sha, **({"name": source_entry.name} if source_entry else {})},
                 **inherited,
                 "fallback_tensors": len(result.fallbacks),
+                **(req.provenance or {}),
                 "versions": tool_versions(),
             }
             spec = replace(req.entry, name=name, roles=req.entry.roles or (base.roles if base else None),

@@ -356,6 +356,8 @@ lock = "{lock}"
     assert result.export["lock_names"] == ["tiny-student"] and result.export["verify"]["passed"]
     entry = load_lock(lock).get("tiny-student")
     assert entry.provenance["tool"] == "assistant export quantize"
+    trained = entry.provenance["distilled"]
+    assert trained["steps"] == 3 and len(trained["recipe_hash"]) == 64 and trained["teacher"] == world["teacher"]
     out = generate(Request(prompt="def add(a, b):"), GenerateOptions(model="tiny-student", lock=lock, prompt_style="completion", sampling=Sampling(max_tokens=4, seed=0)))
     assert out.generation.timings.generated_tokens >= 1
     # a second run reuses every stage's output
