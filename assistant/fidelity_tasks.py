@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
 from assistant.codet import harness_program, parse_harness
-from assistant.humaneval import DatasetError, Problem, chat_request, hidden_test_program, sanitize, truncate_body
+from assistant.humaneval import DatasetError, Problem, chat_request, hidden_test_program, read_jsonl_objects, sanitize, truncate_body
 from assistant.metamorphic import NotApplicable, apply_relation
 from assistant.prompts import FENCE_RE
 
@@ -352,22 +352,8 @@ def load_assert_items(path: Path) -> list[AssertItem]:
     dataset built by ``python -m assistant.assert_dataset`` (its test split)."""
     if Path(path).is_dir():
         return _mined_items(Path(path))
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise DatasetError(f"assertion dataset not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"cannot read assertion dataset {path}: {e}") from None
     items, seen = [], set()
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path} line {i}: bad JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DatasetError(f"{path} line {i}: expected a JSON object")
+    for i, row in read_jsonl_objects(Path(path), "assertion dataset"):
         bad = [k for k in ("prompt", "target") if not isinstance(row.get(k), str) or not row[k].strip()]
         if bad:
             raise DatasetError(

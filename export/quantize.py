@@ -134,13 +134,14 @@ def type_notes(info: GGUFInfo, qtype: str) -> tuple[TensorTypeNote, ...]:
     return tuple(notes)
 
 
-def run_llama_quantize(src: Path, dst: Path, qtype: str, threads: int = 0) -> None:
+def run_llama_quantize(src: Path, dst: Path, qtype: str, threads: int = 0, *, allow_requantize: bool = False) -> None:
     """One call into llama.cpp; raise with its own last error line when the return code is not 0."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPE_IDS[qtype]
     params.nthread = threads
+    params.allow_requantize = allow_requantize
     log = io.StringIO()
     # llama-cpp-python's log callback prints to sys.stderr when its logger's level allows; a
     # Llama(verbose=False) anywhere in the process raises that level, so lower it for this call.
@@ -156,7 +157,8 @@ def run_llama_quantize(src: Path, dst: Path, qtype: str, threads: int = 0) -> No
         lines = [ln.strip() for ln in log.getvalue().splitlines() if ln.strip()]
         why = next((ln for ln in reversed(lines) if "failed" in ln or "ERROR" in ln), lines[-1] if lines else "")
         hint = "use a type that works without an importance matrix, e.g. Q4_K_M" if "imatrix" in why or "importance" in why else None
-        raise ExportError(f"llama.cpp could not quantize {src.name} to {qtype} (return code {rc}): {why}", hint=hint)
+        verb = "re-quantize" if allow_requantize else "quantize"
+        raise ExportError(f"llama.cpp could not {verb} {src.name} to {qtype} (return code {rc}): {why}", hint=hint)
 
 
 def quantize(src: Path, qtype: str, out: Path, *, force: bool = False, threads: int = 0) -> QuantResult:

@@ -12,10 +12,6 @@ complete GGUF under the final name only, and the tensors llama.cpp stored in ano
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import io
-import logging
 import sys
 import time
 from pathlib import Path
@@ -23,29 +19,7 @@ from pathlib import Path
 from assistant.gguf_file import read_gguf
 from export.errors import ExportError
 from export.files import atomic_path
-from export.quantize import FTYPE_IDS, QuantResult, parse_types, type_notes
-
-
-def _quantize_call(src: Path, dst: Path, qtype: str, threads: int) -> None:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FTYPE_IDS[qtype]
-    params.nthread = threads
-    params.allow_requantize = True
-    log = io.StringIO()
-    logger = logging.getLogger("llama-cpp-python")
-    level = logger.level
-    logger.setLevel(logging.DEBUG)  # keep llama.cpp's per-tensor log for the error message, off the terminal
-    try:
-        with contextlib.redirect_stderr(log):
-            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    finally:
-        logger.setLevel(level)
-    if rc != 0:
-        lines = [ln.strip() for ln in log.getvalue().splitlines() if ln.strip()]
-        why = next((ln for ln in reversed(lines) if "failed" in ln or "ERROR" in ln), lines[-1] if lines else "")
-        raise ExportError(f"llama.cpp could not re-quantize {src.name} to {qtype} (return code {rc}): {why}")
+from export.quantize import QuantResult, parse_types, run_llama_quantize, type_notes
 
 
 def requantize(src: Path, qtype: str, out: Path, *, force: bool = False, threads: int = 0) -> QuantResult:
@@ -56,7 +30,7 @@ def requantize(src: Path, qtype: str, out: Path, *, force: bool = False, threads
         raise ExportError(f"{src} is a {info.architecture!r} model; the export stage handles llama only")
     t0 = time.perf_counter()
     with atomic_path(out, force) as tmp:
-        _quantize_call(src, tmp, qtype, threads)
+        run_llama_quantize(src, tmp, qtype, threads, allow_requantize=True)
         written = read_gguf(tmp)
     counts: dict[str, int] = {}
     for t in written.tensors:
