@@ -170,6 +170,8 @@ def validate(step_module: DistillStep, teacher: Teacher | None, split, recipe: R
     if sharded:
         step_module.unshard()
     count = min(recipe.eval_blocks, n_blocks)
+    if env.world > 1:  # every rank runs the same number of forwards (FSDP gathers inside them)
+        count = max(count - count % env.world, min(env.world, n_blocks))
     indices = [round(i * (n_blocks - 1) / max(count - 1, 1)) for i in range(count)] if count > 1 else [0]
     mine = indices[env.rank :: env.world]
     ce, kl, agree, tokens = (torch.zeros((), dtype=torch.float64, device=env.device) for _ in range(4))
