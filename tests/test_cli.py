@@ -166,6 +166,12 @@ def test_piped_stdin_through_the_executable():
     assert done.returncode == 0 and done.stdout.strip()
 
 
+def _default_sigint():
+    """A job started in the background inherits an ignored SIGINT, and Python then never raises
+    KeyboardInterrupt; a user's terminal delivers it, so the child gets the default disposition."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_after(proc, seconds):
     time.sleep(seconds)
     proc.send_signal(signal.SIGINT)
@@ -179,7 +185,7 @@ RAMBLE = "def f0():\n    return 0\n\ndef f1():\n    return 1\n\ndef f2():\n"
 def test_ctrl_c_while_streaming_is_one_line_and_exit_130():
     proc = subprocess.Popen(
         [EXE, "generate", RAMBLE, "--prompt-style", "completion", "-n", "3000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=_default_sigint,
     )
     first = proc.stdout.read(8)  # streaming has started
     assert first
@@ -193,7 +199,7 @@ def test_ctrl_c_with_out_leaves_no_file(tmp_path):
     out = tmp_path / "answer.py"
     proc = subprocess.Popen(
         [EXE, "generate", RAMBLE, "--prompt-style", "completion", "-n", "3000", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=_default_sigint,
     )
     _, err = _interrupt_after(proc, 3.0)  # load is ~0.3 s; 3000 tokens take ~30 s
     assert proc.returncode == 130, err
