@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
+from assistant import plots
 from assistant.atomic import atomic_write_bytes, atomic_write_text
 from assistant.errors import AssistantError, UsageError
 from assistant.gguf_file import GGUFInfo
@@ -910,21 +911,12 @@ def write_text(path: Path, text: str) -> None:
 
 
 def require_matplotlib() -> None:
-    """Fail before a long run, not after it, when --plot cannot work."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise BenchError("--plot needs matplotlib, which is not installed", hint="pip install matplotlib") from None
+    plots.require_matplotlib(BenchError)
 
 
 def plot_png(run: BenchRun) -> bytes:
     """Decode tokens/s (± sd) and TTFT p50 against thread count, one line per model and prompt length."""
-    require_matplotlib()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot(BenchError)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     series: dict[tuple[str, int], list[BenchRow]] = {}
     for r in run.rows:

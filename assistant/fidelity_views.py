@@ -6,6 +6,7 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
+from assistant import plots
 from assistant.errors import AssistantError
 from assistant.fidelity import FidelityReport, RelationSummary
 
@@ -151,22 +152,14 @@ class PlotError(AssistantError):
 
 
 def require_matplotlib() -> None:
-    """Fail before a long run, not after it, when --plot cannot work."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise PlotError("--plot needs matplotlib, which is not installed", hint="pip install matplotlib") from None
+    plots.require_matplotlib(PlotError)
 
 
 def plot_png(report: FidelityReport) -> bytes:
     """Three panels: each model keeping its own output, JSD per relation, calibration alignment."""
-    require_matplotlib()
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot(PlotError)
 
     rels = [r for r in report.relations if r.n] or report.relations  # relations that applied to no item: left out
     names = [r.relation for r in rels]

@@ -9,7 +9,6 @@ student is one flag away.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -34,16 +33,11 @@ class Teacher:
 
 
 def _dir_sha256(model_dir: Path) -> str:
-    """One hash over the weight files and config of an HF directory (the provenance key)."""
-    h = hashlib.sha256()
-    for p in sorted(model_dir.iterdir()):
-        if p.suffix in (".safetensors", ".bin") or p.name == "config.json":
-            fh = hashlib.sha256()
-            with open(p, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    fh.update(chunk)
-            h.update(f"{fh.hexdigest()}  {p.name}\n".encode())
-    return h.hexdigest()
+    """The export stage's provenance key for an HF directory (stat-cached file hashes)."""
+    from assistant.model_store import HashCache
+    from export.checkpoint import content_sha256
+
+    return content_sha256(model_dir, HashCache().sha256)
 
 
 def _torch_dtype(dtype: Any):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from assistant.atomic import atomic_write_bytes, atomic_write_text
 from distill.recipe import Recipe
 
 METRICS = ("val_ce", "val_kl", "val_top1")
@@ -83,32 +84,22 @@ def write_results(points: list[SweepPoint], out: Path) -> None:
     """sweep.json, sweep.csv and heatmap.png (one panel per metric) in `out`."""
     out.mkdir(parents=True, exist_ok=True)
     rows = table_rows(points)
-    _atomic_text(out / "sweep.json", json.dumps(rows, indent=2))
+    atomic_write_text(out / "sweep.json", json.dumps(rows, indent=2))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["alpha", "temperature", *METRICS])
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_text(out / "sweep.csv", buf.getvalue())
+    atomic_write_text(out / "sweep.csv", buf.getvalue())
     heatmap(points, out / "heatmap.png")
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def heatmap(points: list[SweepPoint], path: Path) -> None:
     """α × T grid per metric; cells a one-factor sweep did not run stay blank."""
-    import os
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from assistant.plots import pyplot
+
+    plt = pyplot()
 
     alphas = sorted({p.alpha for p in points})
     temps = sorted({p.temperature for p in points})
@@ -132,7 +123,7 @@ def heatmap(points: list[SweepPoint], path: Path) -> None:
                     ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", color="white", fontsize=8)
         fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, png.getvalue())

@@ -12,6 +12,7 @@ is killed and resumed reaches the same weights as one that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from assistant.atomic import atomic_write_text
 from assistant.errors import AssistantError, UsageError
 from distill.losses import IGNORE_INDEX, LossConfig, SparseTarget, chunked_distill_loss, log_probs, forward_kl
 from distill.models import Teacher, build_student, count_parameters, describe, load_teacher, load_teacher_config
@@ -247,9 +249,7 @@ def save_checkpoint(out: Path, step: int, module, optimizer, recipe: Recipe, env
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        pointer = out / f".{CHECKPOINT_POINTER}.tmp"
-        pointer.write_text(final.name)
-        os.replace(pointer, out / CHECKPOINT_POINTER)
+        atomic_write_text(out / CHECKPOINT_POINTER, final.name)
         for old in out.glob("checkpoint-*"):
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
@@ -292,9 +292,7 @@ class MetricsLog:
         self.enabled = enabled
         if enabled and resume_step is not None and path.is_file():
             keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in keep))
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(line + "\n" for line in keep))
         elif enabled and resume_step is None:
             path.unlink(missing_ok=True)
 
@@ -453,7 +451,7 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
                     with torch.autocast(env.device.type, dtype=env.autocast, enabled=env.autocast is not None):
                         teacher_chunk = dense_teacher(teacher, inputs)
                 sync = m == recipe.grad_accum - 1 or env.world == 1 or recipe.fsdp
-                ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else _null()
+                ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else contextlib.nullcontext()
                 with ctx, torch.autocast(env.device.type, dtype=env.autocast, enabled=env.autocast is not None):
                     loss, parts = model(inputs, labels, teacher_chunk, n_global)
                     # DDP/FSDP average gradients over ranks; the loss is already normalized globally
@@ -534,18 +532,8 @@ def _cache_tokenizer(cache) -> str:
     return teacher.get("tokenizer_spec") or teacher["source"]
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def save_student(student, student_dir: Path, tokenizer_spec: str, provenance: dict, state: dict | None = None) -> None:
