@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from assistant.atomic import atomic_write_text
-from assistant.codegen import load_model
-from assistant.engine import Engine, EngineConfig, Sampling
+from assistant.codegen.generate import load_model
+from assistant.runtime.engine import Engine, EngineConfig, Sampling
 
 # A prompt the model continues for thousands of tokens, so every path generates the full count.
 PROMPT = "def f0():\n    return 0\n\ndef f1():\n    return 1\n\ndef f2():\n"

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from assistant.atomic import atomic_write_text
-from assistant.sandbox import Limits, isolation_report, run_many, run_program
+from assistant.sandbox.runner import Limits, isolation_report, run_many, run_program
 
 TRIVIAL = "def add(a, b):\n    return a + b\n\nassert add(2, 3) == 5\n"
 

@@ -1,6 +1,6 @@
 """`assistant distill train | sweep | corpus | cache-logits`: argument parsing only.
 
-Registered in assistant/cli.py with ``app.add_typer(distill_app, name="distill")``. Importing
+Registered in assistant/cli/app.py with ``app.add_typer(distill_app, name="distill")``. Importing
 this module stays cheap (no torch): heavy imports happen inside the commands.
 """
 
@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 
-from assistant.cli_support import OneLineErrorGroup as _Group
+from assistant.guard import OneLineErrorGroup as _Group
 from assistant.errors import UsageError
 
 distill_app = typer.Typer(

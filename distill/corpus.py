@@ -228,7 +228,7 @@ class Decontaminator:
 
     @classmethod
     def humaneval(cls, path: Path | None = None, n: int = 13) -> "Decontaminator":
-        from assistant.humaneval import load_problems
+        from assistant.evaluation.humaneval import load_problems
 
         return cls({p.task_id: p.prompt + p.canonical_solution for p in load_problems(path)}, n)
 
@@ -459,7 +459,7 @@ def settings_dict(config: CorpusConfig, roots: list[Path], decon: Decontaminator
         "python": sys.version.split()[0],
     }
     if decon is not None:
-        from assistant.humaneval import humaneval_path
+        from assistant.evaluation.humaneval import humaneval_path
 
         path = config.humaneval_path or humaneval_path()
         d["decontamination"] = {"dataset": path.name, "sha256": _sha256_file(path), "ngram": decon.n,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.errors import AssistantError, UsageError
-from assistant.paths import cache_dir
+from assistant.store.paths import cache_dir
 
 KQUANT_BLOCK = 256  # K-quants need row sizes divisible by this, else llama.cpp falls back per tensor
 PINNED = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)@(?P<rev>[0-9a-f]{40})$")
@@ -34,7 +34,7 @@ class Teacher:
 
 def _dir_sha256(model_dir: Path) -> str:
     """The export stage's provenance key for an HF directory (stat-cached file hashes)."""
-    from assistant.model_store import HashCache
+    from assistant.store.resolve import HashCache
     from export.checkpoint import content_sha256
 
     return content_sha256(model_dir, HashCache().sha256)
@@ -92,8 +92,8 @@ def gguf_as_hf_dir(gguf_path: Path, sha256: str) -> Path:
 
 def _resolve_gguf(spec: str, offline: bool):
     """A lock name or .gguf path, verified against its pinned sha256 (no llama.cpp import)."""
-    from assistant.lockfile import load_lock
-    from assistant.model_store import HashCache, offline_mode, resolve
+    from assistant.store.lockfile import load_lock
+    from assistant.store.resolve import HashCache, offline_mode, resolve
 
     return resolve(spec, load_lock(), HashCache(), offline=offline_mode(offline))
 

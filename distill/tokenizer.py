@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Union
 
 from assistant.errors import AssistantError, UsageError
-from assistant.paths import cache_dir
+from assistant.store.paths import cache_dir
 
 DEFAULT_TEACHER = "smollm2-135m-instruct"
 TOKENIZER_JSON = "tokenizer.json"
@@ -187,7 +187,7 @@ def _load_dir(path: Path) -> TeacherTokenizer:
 
 def _load_hf(repo: str, revision: str) -> TeacherTokenizer:
     """Download the tokenizer files of ``repo`` at ``revision`` into the user cache (once)."""
-    from assistant.model_store import offline_mode
+    from assistant.store.resolve import offline_mode
 
     out = cache_dir() / "tokenizers" / f"hf-{repo.replace('/', '--')}-{revision}"
     if not (out / TOKENIZER_JSON).is_file():
@@ -212,7 +212,7 @@ def _load_hf(repo: str, revision: str) -> TeacherTokenizer:
 
 
 def _lock_entry(spec: str):
-    from assistant.lockfile import load_lock
+    from assistant.store.lockfile import load_lock
 
     try:
         lock = load_lock()
@@ -228,10 +228,10 @@ def load_tokenizer(spec: str) -> TeacherTokenizer:
     lock, entry = _lock_entry(spec)
     path = Path(spec).expanduser()
     if entry is not None or path.suffix == ".gguf":
-        from assistant.model_store import HashCache, offline_mode, resolve
+        from assistant.store.resolve import HashCache, offline_mode, resolve
 
         if lock is None:
-            from assistant.lockfile import load_lock
+            from assistant.store.lockfile import load_lock
 
             lock = load_lock()
         model = resolve(spec, lock, HashCache(), offline=offline_mode())  # verifies the GGUF's sha256

@@ -1,6 +1,6 @@
 """`assistant export gguf | quantize | verify`: argument parsing only; the work is in export.pipeline.
 
-Registered in assistant/cli.py with ``app.add_typer(export_app, name="export")``. Importing
+Registered in assistant/cli/app.py with ``app.add_typer(export_app, name="export")``. Importing
 this module must stay cheap (the laptop install has no torch): every heavy import happens
 inside a command.
 """
@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from assistant.cli_support import OneLineErrorGroup as _ExportGroup
+from assistant.guard import OneLineErrorGroup as _ExportGroup
 
 
 export_app = typer.Typer(

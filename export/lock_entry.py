@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from assistant.gguf_file import read_gguf
-from assistant.lockfile import FileSource, Lock, ModelEntry, save_lock
-from assistant.model_store import HashCache, ModelError, locate, resolve
+from assistant.store.gguf_file import read_gguf
+from assistant.store.lockfile import FileSource, Lock, ModelEntry, save_lock
+from assistant.store.resolve import HashCache, ModelError, locate, resolve
 from export.errors import ExportError
 
 #: Distributions whose versions decide what an exported file contains.

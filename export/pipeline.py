@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from assistant.lockfile import FileSource, Lock, LockError, ModelEntry, load_lock
-from assistant.model_store import HashCache, resolve
+from assistant.store.lockfile import FileSource, Lock, LockError, ModelEntry, load_lock
+from assistant.store.resolve import HashCache, resolve
 from export.checkpoint import content_sha256, read_checkpoint
 from export.errors import ExportError
 from export.files import check_new_output
@@ -122,7 +122,7 @@ def export_gguf(req: GgufRequest, cache: HashCache | None = None, on_tensor: Cal
 
 def quantize_file(req: QuantizeRequest, cache: HashCache | None = None, on_type: Callable[[str], None] | None = None) -> list[QuantOutcome]:
     """One GGUF -> one quantized GGUF per requested type, each with a pinned lock entry."""
-    from assistant.gguf_file import read_gguf
+    from assistant.store.gguf_file import read_gguf
 
     cache = cache or HashCache()
     types = parse_types(req.types)

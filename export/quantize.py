@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant.gguf_file import FILE_TYPES, GGML_TYPES, GGUFInfo, read_gguf
+from assistant.store.gguf_file import FILE_TYPES, GGML_TYPES, GGUFInfo, read_gguf
 from export.errors import ExportError
 from export.files import atomic_path
 

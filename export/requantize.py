@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from assistant.gguf_file import read_gguf
+from assistant.store.gguf_file import read_gguf
 from export.errors import ExportError
 from export.files import atomic_path
 from export.quantize import QuantResult, parse_types, run_llama_quantize, type_notes
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         src = args.src
         if not src.exists():
-            from assistant.codegen import load_model
+            from assistant.codegen.generate import load_model
 
             src = load_model(str(args.src)).path
         r = requantize(src, args.type, args.out, force=args.force, threads=args.threads)

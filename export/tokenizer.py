@@ -288,7 +288,7 @@ def _added_beyond(model_dir: Path, n_pieces: int) -> list[tuple[str, bool]]:
 
 
 def _check_gguf_vocab(path: Path, n_vocab: int, model_dir: Path) -> None:
-    from assistant.gguf_file import read_gguf
+    from assistant.store.gguf_file import read_gguf
 
     tokens = read_gguf(path).metadata.get("tokenizer.ggml.tokens")
     n = getattr(tokens, "length", None) if tokens is not None else None

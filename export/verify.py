@@ -12,7 +12,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from assistant.gguf_file import read_gguf
+from assistant.store.gguf_file import read_gguf
 from export.errors import ExportError
 
 #: Real Python with the shapes that break tokenizers: nested indentation, blank lines,

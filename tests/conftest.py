@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from assistant.engine import Engine, EngineConfig
-from assistant.lockfile import load_lock
-from assistant.model_store import HashCache, locate, resolve
+from assistant.runtime.engine import Engine, EngineConfig
+from assistant.store.lockfile import load_lock
+from assistant.store.resolve import HashCache, locate, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,1 @@
+"""Test-assertion generation for a module (parse, propose, validate, render) and its evaluation dataset."""

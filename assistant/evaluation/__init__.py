@@ -1,0 +1,1 @@
+"""HumanEval-style evaluation: problems, sanitizing completions, pass@k and resumable runs."""

@@ -1,0 +1,1 @@
+"""Student-teacher fidelity by metamorphic testing: relations, tasks, scoring and reports."""

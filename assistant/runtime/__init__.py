@@ -1,0 +1,1 @@
+"""Running a local model: the llama.cpp engine, prompt rendering, stop sequences and hardware defaults."""

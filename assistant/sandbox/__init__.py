@@ -1,0 +1,1 @@
+"""Running untrusted generated Python: isolation, limits, the runner, the pool and typed outcomes."""
