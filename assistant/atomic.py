@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -40,3 +41,52 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def check_output_file(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Fail now, not after a long run, when ``path`` cannot be written as a regular file.
+
+    Probes the nearest existing folder with a real temp file: permission bits say nothing
+    for root, and /proc, /sys or a read-only mount refuse only an actual create.
+    """
+    from assistant.errors import UsageError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a directory", hint=f"pass a file name, e.g. {option} {path / 'out.txt'}")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{option} {path} is not a regular file", hint="redirect stdout to it instead (> FILE)")
+    _check_folder(path.parent, option, path)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Like :func:`check_output_file`, for an output folder (created later if missing)."""
+    from assistant.errors import UsageError
+
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is a file, not a directory", hint=f"pass a folder, e.g. {option} {path}.d")
+    _check_folder(path, option, path)
+    return path
+
+
+def _check_folder(folder: Path, option: str, target: Path) -> None:
+    from assistant.errors import UsageError
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{option} {target} is under {existing}, which is a file", hint="choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=existing)
+    except OSError as e:
+        # /proc answers "no such file" to a create: say what that means
+        reason = "it accepts no new files" if e.errno == errno.ENOENT else (e.strerror or str(e)).lower()
+        raise UsageError(
+            f"{option} {target}: cannot write in {existing} ({reason})", hint="choose a writable folder"
+        ) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)

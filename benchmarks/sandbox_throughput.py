@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 from assistant.atomic import atomic_write_text
-from assistant.sandbox.runner import Limits, isolation_report, run_many, run_program
+from assistant.sandbox.limits import Limits
+from assistant.sandbox.pool import run_many
+from assistant.sandbox.runner import isolation_report, run_program
 
 TRIVIAL = "def add(a, b):\n    return a + b\n\nassert add(2, 3) == 5\n"
 

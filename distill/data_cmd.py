@@ -53,6 +53,7 @@ def corpus(
     json_out: bool = JsonOpt,
 ) -> None:
     """Collect, filter, decontaminate and tokenize Python files into memory-mapped token shards."""
+    from assistant.atomic import check_output_dir
     from distill.corpus import CorpusConfig, build_corpus, check_out_dir
     from distill.tokenizer import load_tokenizer
 
@@ -60,6 +61,7 @@ def corpus(
                           max_files=max_files, max_tokens=max_tokens)
     config.validate()
     check_out_dir(out.expanduser().resolve(), force)  # before the tokenizer's seconds
+    check_output_dir(out)
     tok = load_tokenizer(tokenizer)
     with _bar("corpus", "tokens" if max_tokens else "files") as update:
         progress = None
@@ -94,6 +96,10 @@ def cache_logits(
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Blocks per teacher forward pass."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Teacher weights: float32 (default), bfloat16 or float16."),
+    backend: str = typer.Option(
+        "torch", "--backend", help="torch (dequantized PyTorch teacher) or llama.cpp (the GGUF itself, CPU)."
+    ),
+    threads: int = typer.Option(1, "--threads", min=1, help="llama.cpp threads (--backend llama.cpp)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run the teacher once over a corpus split and store its top-k log-probabilities per token."""
@@ -102,7 +108,7 @@ def cache_logits(
     with _bar("teacher", "blocks") as update:
         result = cache_teacher_logits(
             corpus_dir, teacher, out, block_size=block_size, k=top_k, split=split, max_blocks=max_blocks,
-            batch_size=batch_size, device=device, dtype=dtype,
+            batch_size=batch_size, device=device, dtype=dtype, backend=backend, threads=threads,
             progress=(lambda done, total: update(done, total)) if update else None,
             note=lambda text: typer.echo(f"note: {text}", err=True),
         )
@@ -113,4 +119,5 @@ def cache_logits(
     typer.echo(f"wrote {d['path']}: {d['n_blocks']} blocks x {d['block_size']} tokens of {d['split']}, top-{d['k']}, "
                f"{d['bytes'] / 1e6:.1f} MB in {d['shards']} shards ({d['shards_reused']} reused), {d['seconds']:.1f} s")
     typer.echo(f"{d['bytes_per_token']} bytes/token vs {d['full_fp16_bytes_per_token']:,} for fp16 logits "
-               f"({100 * d['ratio_to_fp16_logits']:.2f}%); teacher {d['teacher']['source']} (sha256 {d['teacher']['sha256'][:12]})")
+               f"({100 * d['ratio_to_fp16_logits']:.2f}%); teacher {d['teacher']['source']} (sha256 {d['teacher']['sha256'][:12]}, "
+               f"{d['teacher'].get('backend', 'torch')})")

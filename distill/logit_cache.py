@@ -39,7 +39,7 @@ RERUN = "rerun assistant distill cache-logits (it resumes)"
 SHARD_BYTES = 16 << 20  # default shard size; small enough to carry back from the GPU machine
 #: fields that must match for a rerun to reuse completed shards (n_blocks may grow or shrink)
 IDENTITY = ("format", "version", "split", "block_size", "k", "blocks_per_shard", "dtypes", "corpus_sha256",
-            "teacher_sha256", "teacher_vocab_size")
+            "teacher_sha256", "teacher_vocab_size", "teacher_backend")
 
 #: progress(blocks_done, blocks_total)
 Progress = Callable[[int, int], None]
@@ -63,6 +63,7 @@ class CacheConfig:
     blocks_per_shard: int | None = None  # None: as many as fit SHARD_BYTES (at least 1)
     device: str = "cpu"  # where input ids are placed for teacher_forward
     teacher_tokenizer: str | None = None  # a load_tokenizer spec for the teacher, recorded for the student's files
+    teacher_backend: str = "torch"  # "torch" (dequantized float model) or "llama.cpp" (the GGUF itself)
 
     def validate(self) -> None:
         if self.block_size < 1 or self.batch_size < 1:
@@ -154,7 +155,7 @@ def _identity(m: dict) -> dict:
         "format": m["format"], "version": m["version"], "split": m["split"], "block_size": m["block_size"],
         "k": m["k"], "blocks_per_shard": m["blocks_per_shard"], "dtypes": m["dtypes"],
         "corpus_sha256": m["corpus"]["manifest_sha256"], "teacher_sha256": m["teacher"]["sha256"],
-        "teacher_vocab_size": m["teacher"]["vocab_size"],
+        "teacher_vocab_size": m["teacher"]["vocab_size"], "teacher_backend": m["teacher"].get("backend", "torch"),
     }
 
 
@@ -175,7 +176,8 @@ def new_manifest(split: TokenSplit, config: CacheConfig) -> dict:
         "blocks_per_shard": config.shard_blocks(),
         "corpus": {"manifest_sha256": split.corpus_sha256, "split_tokens": split.n_tokens, "vocab_size": split.vocab_size},
         "teacher": {"source": config.teacher_source, "sha256": config.teacher_sha256, "vocab_size": config.vocab_size,
-                    "tokenizer_spec": config.teacher_tokenizer or config.teacher_source},
+                    "tokenizer_spec": config.teacher_tokenizer or config.teacher_source,
+                    "backend": config.teacher_backend},
         "dtypes": {"logprobs": "float16", "ids": id_dtype(config.vocab_size).name, "rest": "float32"},
         "byte_order": "little",
         "layout": "per shard: logprobs[n,B,k] | ids[n,B,k] | rest[n,B], C order; n = the shard's n_blocks",
@@ -416,10 +418,20 @@ def cache_teacher_logits(
     batch_size: int = 4,
     device: str = "cpu",
     dtype: str | None = None,
+    backend: str = "torch",
+    threads: int = 1,
     progress: Progress | None = None,
     note: Callable[[str], None] | None = None,
 ) -> CacheManifest:
-    """The `cache-logits` command as a function: check the vocabularies, load the teacher, cache."""
+    """The `cache-logits` command as a function: check the vocabularies, load the teacher, cache.
+
+    ``backend`` "llama.cpp" runs a GGUF teacher (lock name or path) through llama-cpp-python with
+    ``threads`` threads instead of its dequantized PyTorch copy.
+    """
+    from distill.llama_teacher import BACKENDS
+
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
     from distill.corpus import TokenCorpus
     from distill.models import load_teacher
     from distill.tokenizer import TokenizerError, load_tokenizer, same_tokenizer
@@ -438,6 +450,23 @@ def cache_teacher_logits(
         if not ok:
             raise CacheError(f"the corpus at {corp.path} was tokenized with another vocabulary than teacher {teacher}: {why}",
                              hint=f"rebuild it with assistant distill corpus --tokenizer {teacher}")
+    if backend == "llama.cpp":
+        from distill.llama_teacher import load_llama_teacher
+
+        if Path(teacher).expanduser().is_dir():
+            raise UsageError(
+                f"--backend llama.cpp needs a GGUF teacher (a lock name or .gguf path), not the directory {teacher}"
+            )
+        lt = load_llama_teacher(teacher, n_ctx=block_size, threads=threads)
+        config = CacheConfig(
+            block_size=block_size, vocab_size=lt.vocab_size, teacher_source=lt.source, teacher_sha256=lt.sha256,
+            k=k, max_blocks=max_blocks, batch_size=batch_size, device="cpu", teacher_tokenizer=teacher,
+            teacher_backend=backend,
+        )
+        try:
+            return build_logit_cache(lt.forward, tokens, config, out, progress=progress)
+        finally:
+            lt.close()
     t = load_teacher(teacher, device=device, dtype=dtype)
     config = CacheConfig(block_size=block_size, vocab_size=t.vocab_size, teacher_source=t.source, teacher_sha256=t.sha256,
                          k=k, max_blocks=max_blocks, batch_size=batch_size, device=device, teacher_tokenizer=t.tokenizer_spec)

@@ -12,30 +12,69 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from assistant.errors import AssistantError, UsageError
 from assistant.store.paths import cache_dir
 
+#: Model families the stage can distill and export: transformers model_type -> (model class, config class).
+FAMILIES: dict[str, tuple[str, str]] = {
+    "llama": ("LlamaForCausalLM", "LlamaConfig"),
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2Config"),
+}
+#: bumped when the cached dequantized teacher layout changes (v2: tied embeddings detected)
+TEACHER_DIR_VERSION = ".v2"
 KQUANT_BLOCK = 256  # K-quants need row sizes divisible by this, else llama.cpp falls back per tensor
 PINNED = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)@(?P<rev>[0-9a-f]{40})$")
 
 
 @dataclass
 class Teacher:
-    model: Any  # transformers LlamaForCausalLM, eval mode, no grad
+    model: Any  # transformers LlamaForCausalLM or Qwen2ForCausalLM, eval mode, no grad
     source: str  # what the user named: lock name, "id@rev" or a directory
     sha256: str  # the GGUF's sha256, or a content hash of the weight files
     vocab_size: int
     tokenizer_spec: str  # what distill.tokenizer.load_tokenizer takes for this teacher
 
 
+
+def family_of(config: Any, where: str = "the model") -> str:
+    """The family (`model_type`) of a config or config dict, refused if the stage cannot handle it."""
+    model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise UsageError(
+            f"{where} is a {model_type!r} model; the distill stage handles {', '.join(FAMILIES)}",
+            hint="pick a teacher/student of a supported family (Llama, Qwen2)",
+        )
+    return str(model_type)
+
+
+def model_class(family: str) -> Any:
+    import transformers
+
+    return getattr(transformers, FAMILIES[family][0])
+
+
+def config_class(family: str) -> Any:
+    import transformers
+
+    return getattr(transformers, FAMILIES[family][1])
+
+
+def _dir_family(model_dir: Path) -> str:
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{model_dir / 'config.json'} cannot be read: {e}") from None
+    return family_of(config, str(model_dir))
+
+
 def _dir_sha256(model_dir: Path) -> str:
     """The export stage's provenance key for an HF directory (stat-cached file hashes)."""
     from assistant.store.resolve import HashCache
-    from export.checkpoint import content_sha256
+    from assistant.model_dir import content_sha256
 
     return content_sha256(model_dir, HashCache().sha256)
 
@@ -59,12 +98,12 @@ def _finish(model, device: str, dtype) -> Any:
 
 
 def gguf_as_hf_dir(gguf_path: Path, sha256: str) -> Path:
-    """Dequantize a Llama GGUF once into a cached HF directory (safetensors + config).
+    """Dequantize a Llama or Qwen2 GGUF once into a cached HF directory (safetensors + config).
 
     transformers refuses `save_pretrained` on a GGUF-loaded model, and loading the GGUF costs
     ~16 s each time; the cached float32 copy loads in about a second.
     """
-    out = cache_dir() / "teachers" / sha256[:16]
+    out = cache_dir() / "teachers" / f"{sha256[:16]}{TEACHER_DIR_VERSION}"
     if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
         return out
     import torch
@@ -72,8 +111,14 @@ def gguf_as_hf_dir(gguf_path: Path, sha256: str) -> Path:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
-    if model.config.model_type != "llama":
-        raise AssistantError(f"{gguf_path.name} is a {model.config.model_type} model; the distill stage needs a Llama-architecture teacher")
+    if model.config.model_type not in FAMILIES:
+        raise AssistantError(
+            f"{gguf_path.name} is a {model.config.model_type} model; the distill stage handles {', '.join(FAMILIES)}"
+        )
+    if not model.config.tie_word_embeddings and torch.equal(model.lm_head.weight, model.model.embed_tokens.weight):
+        # a GGUF without output.weight (Qwen2.5's small models): transformers copies the embeddings
+        # into an untied head; keeping them tied keeps the parameter count and the export's layout
+        model.config.tie_word_embeddings = True
     tied = bool(model.config.tie_word_embeddings)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
     config = model.config.to_dict()
@@ -100,39 +145,60 @@ def _resolve_gguf(spec: str, offline: bool):
 
 def load_teacher(spec: str, *, device: str = "cpu", dtype: Any = None, offline: bool = False) -> Teacher:
     """A teacher by lock name, `hf-id@revision`, or local HF directory (see module docstring)."""
-    from transformers import LlamaForCausalLM
-
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UsageError(f"{path} has no config.json: give a Hugging Face model directory, a lock name or an id@revision")
-        model = LlamaForCausalLM.from_pretrained(str(path), dtype=_torch_dtype(dtype))
+        model = model_class(_dir_family(path)).from_pretrained(str(path), dtype=_torch_dtype(dtype))
         return Teacher(_finish(model, device, dtype), spec, _dir_sha256(path), model.config.vocab_size, str(path))
     pinned = PINNED.match(spec)
     if pinned:
-        model = LlamaForCausalLM.from_pretrained(pinned["repo"], revision=pinned["rev"], dtype=_torch_dtype(dtype))
+        from transformers import AutoConfig
+
+        family = family_of(AutoConfig.from_pretrained(pinned["repo"], revision=pinned["rev"]), spec)
+        model = model_class(family).from_pretrained(pinned["repo"], revision=pinned["rev"], dtype=_torch_dtype(dtype))
         return Teacher(_finish(model, device, dtype), spec, pinned["rev"], model.config.vocab_size, spec)
     if "/" in spec and not path.exists():
         raise UsageError(f"teacher {spec!r} is not pinned: write it as {spec}@<40-hex commit> so the run is reproducible")
 
     resolved = _resolve_gguf(spec, offline)
     hf_dir = gguf_as_hf_dir(resolved.path, resolved.sha256)
-    model = LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=_torch_dtype(dtype))
+    model = model_class(_dir_family(hf_dir)).from_pretrained(str(hf_dir), dtype=_torch_dtype(dtype))
     return Teacher(_finish(model, device, dtype), resolved.name, resolved.sha256, model.config.vocab_size, resolved.name)
 
 
+def teacher_sha256(spec: str, *, offline: bool = False) -> str:
+    """The identity a teacher's logit cache records, without loading the teacher: the GGUF's sha256,
+    the pinned revision, or the content hash of an HF directory."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _dir_sha256(path)
+    pinned = PINNED.match(spec)
+    if pinned:
+        return pinned["rev"]
+    return _resolve_gguf(spec, offline).sha256
+
+
 def load_teacher_config(spec: str, *, offline: bool = False):
-    """Only the teacher's LlamaConfig: what a random-init student trained from a logit cache needs."""
-    from transformers import LlamaConfig
+    """Only the teacher's config: what a random-init student trained from a logit cache needs."""
+    from transformers import AutoConfig
 
     path = Path(spec).expanduser()
     if path.is_dir():
-        return LlamaConfig.from_pretrained(str(path))
-    pinned = PINNED.match(spec)
-    if pinned:
-        return LlamaConfig.from_pretrained(pinned["repo"], revision=pinned["rev"])
-    resolved = _resolve_gguf(spec, offline)
-    return LlamaConfig.from_pretrained(str(gguf_as_hf_dir(resolved.path, resolved.sha256)))
+        config = AutoConfig.from_pretrained(str(path))
+    elif PINNED.match(spec):
+        pinned = PINNED.match(spec)
+        assert pinned is not None
+        config = AutoConfig.from_pretrained(pinned["repo"], revision=pinned["rev"])
+    else:
+        resolved = _resolve_gguf(spec, offline)
+        cached = cache_dir() / "teachers" / f"{resolved.sha256[:16]}{TEACHER_DIR_VERSION}"
+        if (cached / "config.json").is_file():
+            config = AutoConfig.from_pretrained(str(cached))
+        else:  # the GGUF's metadata alone: no minutes-long dequantization just for a config
+            config = AutoConfig.from_pretrained(str(resolved.path.parent), gguf_file=resolved.path.name)
+    family_of(config, f"teacher {spec}")
+    return config
 
 
 # --- students ------------------------------------------------------------------------------
@@ -195,13 +261,14 @@ def evenly_spaced(n_teacher: int, n_keep: int) -> list[int]:
 
 
 def student_config(teacher_config, spec: StudentSpec):
-    """The student's LlamaConfig: the teacher's, with the spec's dims; explicit head_dim."""
-    from transformers import LlamaConfig
-
+    """The student's config, of the teacher's family: the teacher's, with the spec's dims; explicit head_dim."""
     t = teacher_config
+    family = family_of(t, "the teacher")
     head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
     d = t.to_dict()
-    for key in ("quantization_config", "_name_or_path", "architectures", "dtype", "torch_dtype"):
+    # layer_types / max_window_layers are per-layer lists and counts of the teacher's depth
+    dropped = ("quantization_config", "_name_or_path", "architectures", "dtype", "torch_dtype", "layer_types", "max_window_layers")
+    for key in dropped:
         d.pop(key, None)
     layers = len(spec.keep_layers) if spec.keep_layers else (spec.layers or t.num_hidden_layers)
     d.update(
@@ -212,9 +279,10 @@ def student_config(teacher_config, spec: StudentSpec):
         intermediate_size=spec.intermediate or t.intermediate_size,
         head_dim=head_dim,
         tie_word_embeddings=t.tie_word_embeddings if spec.tied is None else spec.tied,
-        architectures=["LlamaForCausalLM"],
+        architectures=[FAMILIES[family][0]],
     )
-    config = LlamaConfig(**d)
+    d.pop("model_type", None)
+    config = config_class(family)(**d)
     if config.num_attention_heads % config.num_key_value_heads:
         raise UsageError(f"heads ({config.num_attention_heads}) must be a multiple of kv_heads ({config.num_key_value_heads})")
     return config
@@ -233,19 +301,25 @@ def quantization_notes(config) -> list[str]:
 def build_student(spec: StudentSpec, teacher_model=None, teacher_config=None) -> Student:
     """Make the student described by `spec` (see StudentSpec)."""
     import torch
-    from transformers import LlamaForCausalLM
 
+    t_config = teacher_config if teacher_config is not None else getattr(teacher_model, "config", None)
     if spec.init not in ("teacher", "random"):
-        path = Path(spec.init).expanduser()
-        if not (path / "config.json").is_file():
-            raise UsageError(f"student init {spec.init!r} is neither 'teacher', 'random' nor an HF model directory")
-        model = LlamaForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-        return Student(model, quantization_notes(model.config))
+        path = pretrained_dir(spec.init)
+        model = model_class(_dir_family(path)).from_pretrained(str(path), dtype=torch.float32)
+        notes = check_pair(t_config, model.config) if t_config is not None else []
+        dims = (spec.layers, spec.keep_layers, spec.hidden, spec.heads, spec.kv_heads, spec.intermediate)
+        if any(v is not None for v in dims):
+            # cut from the pretrained model the way a student is cut from the teacher
+            cut = build_student(replace(spec, init="teacher"), model)
+            cut.notes[:0] = notes
+            n_source = model.config.num_hidden_layers
+            cut.notes.append(f"cut from pretrained {spec.init}: layers {cut.kept_layers} of {n_source}")
+            return cut
+        return Student(model, notes + quantization_notes(model.config))
 
-    t_config = teacher_config if teacher_config is not None else teacher_model.config
     config = student_config(t_config, spec)
     torch.manual_seed(spec.seed)
-    student = LlamaForCausalLM(config).float()
+    student = model_class(family_of(config))(config).float()
     notes = quantization_notes(config)
     if spec.init == "random":
         return Student(student, notes)
@@ -257,6 +331,48 @@ def build_student(spec: StudentSpec, teacher_model=None, teacher_config=None) ->
     with torch.no_grad():
         copy_from_teacher(student, teacher_model, keep)
     return Student(student, notes, keep)
+
+
+def check_pair(teacher_config, student_config) -> list[str]:
+    """Notes on a teacher/student pair that can be distilled through logits; refuse one that cannot.
+
+    The loss only needs token ids to mean the same tokens (checked on the tokenizers by the trainer),
+    so a student of another family is fine; a vocabulary larger than the teacher's is not (its extra
+    ids would never get a target).
+    """
+    t_family, s_family = family_of(teacher_config, "the teacher"), family_of(student_config, "the student")
+    notes = []
+    if t_family != s_family:
+        notes.append(f"student family {s_family}, teacher {t_family}: distilling through logits only")
+    tv, sv = teacher_config.vocab_size, student_config.vocab_size
+    if sv > tv:
+        raise UsageError(
+            f"the student's vocabulary ({sv} ids) is larger than the teacher's ({tv}): "
+            f"ids {tv}..{sv - 1} have no teacher target",
+            hint="pick a student that shares the teacher's tokenizer (or a prefix of it)",
+        )
+    if sv < tv:
+        notes.append(f"teacher vocab {tv} vs student {sv}: distilling over the shared {sv} tokens")
+    return notes
+
+
+def pretrained_dir(spec: str, *, offline: bool = False) -> Path:
+    """An HF directory for a pretrained student: the directory itself, or a GGUF (lock name or
+    path) dequantized once into the cache, as teachers are."""
+    path = Path(spec).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    if path.is_dir():
+        raise UsageError(
+            f"student init {spec!r} is a directory without config.json", hint="give a Hugging Face model directory"
+        )
+    try:
+        resolved = _resolve_gguf(spec, offline)
+    except AssistantError as e:
+        raise UsageError(
+            f"student init {spec!r} is neither 'teacher', 'random', an HF model directory nor a GGUF ({e})"
+        ) from None
+    return gguf_as_hf_dir(resolved.path, resolved.sha256)
 
 
 def _top(scores, n: int):
@@ -307,6 +423,14 @@ def copy_from_teacher(student, teacher, keep: list[int]) -> None:
         sa.q_proj.weight.copy_(rows(ta.q_proj.weight, heads)[:, hid])
         sa.k_proj.weight.copy_(rows(ta.k_proj.weight, groups)[:, hid])
         sa.v_proj.weight.copy_(rows(ta.v_proj.weight, groups)[:, hid])
+        for proj, idx in (("q_proj", heads), ("k_proj", groups), ("v_proj", groups)):
+            t_bias, s_bias = getattr(ta, proj).bias, getattr(sa, proj).bias  # Qwen2: q/k/v biases, per head
+            if (t_bias is None) != (s_bias is None):
+                raise UsageError(
+                    f"teacher and student disagree on {proj} biases: cut the student from a teacher of its family"
+                )
+            if t_bias is not None:
+                s_bias.copy_(t_bias.view(-1, hd)[idx].reshape(-1))
         o_cols = ta.o_proj.weight.view(tc.hidden_size, -1, hd)[:, heads].reshape(tc.hidden_size, -1)
         sa.o_proj.weight.copy_(o_cols[hid])
 

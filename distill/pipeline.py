@@ -38,6 +38,8 @@ class CacheStage:
     batch_size: int = 8
     device: str = "cpu"
     dtype: str | None = None
+    backend: str = "torch"  # "llama.cpp": the GGUF teacher itself, on the CPU
+    threads: int = 1  # llama.cpp threads
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ def build_cache_stage(p: Pipeline, say: Callable[[str], None]) -> dict:
     max_blocks = r.train_blocks  # None: every training block
     manifest = cache_teacher_logits(
         p.corpus.out, r.teacher, c.out, block_size=r.block_size, k=c.top_k, max_blocks=max_blocks,
-        batch_size=c.batch_size, device=c.device, dtype=c.dtype, note=say,
+        batch_size=c.batch_size, device=c.device, dtype=c.dtype, backend=c.backend, threads=c.threads, note=say,
     )
     return manifest.to_dict()
 

@@ -18,7 +18,8 @@ from assistant.errors import UsageError
 from distill.models import StudentSpec
 
 # Settings that do not change the weights a run reaches (where and how often it reports).
-NOT_HASHED = ("out", "log_interval", "ckpt_interval", "eval_interval", "eval_blocks", "compile", "stop_after", "time_limit_s")
+NOT_HASHED = ("out", "hidden_cache",  # where the frozen outputs live does not change them
+              "log_interval", "ckpt_interval", "eval_interval", "eval_blocks", "compile", "stop_after", "time_limit_s")
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class Recipe:
     eval_with_teacher: bool = True  # load the teacher for validation KL/top-1 even when training from the cache
     out: str = "runs/distill"
     student: StudentSpec = field(default_factory=StudentSpec)
+    freeze_layers: int = 0  # keep the embeddings and the lowest N student layers fixed (a pretrained/cut student)
+    hidden_cache: str | None = None  # directory for the frozen layers' outputs, computed once per student prefix
     # loss
     alpha: float = 0.5
     temperature: float = 1.0
@@ -77,6 +80,11 @@ class Recipe:
             raise UsageError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UsageError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.freeze_layers < 0:
+            raise UsageError(f"freeze_layers must be at least 0, got {self.freeze_layers}")
+        if self.hidden_cache and not self.freeze_layers:
+            raise UsageError("hidden_cache is set but freeze_layers = 0: there is nothing frozen to cache",
+                             hint="set freeze_layers = N (the lowest N student layers stay fixed)")
         self.loss_config()  # validates alpha, temperature, divergence, beta, chunk_size
 
     def loss_config(self):
@@ -94,6 +102,8 @@ class Recipe:
 
     def hash(self) -> str:
         d = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
+        if not d["freeze_layers"]:
+            del d["freeze_layers"]  # recipes from before the setting keep their hash (and their checkpoints)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     @classmethod

@@ -260,7 +260,7 @@ def save_tokenizer_files(spec_or_handle: Spec, dst_dir: str | os.PathLike) -> li
     For a GGUF-derived tokenizer this also writes tokenizer_from.json, so `assistant export gguf`
     copies the teacher GGUF's tokenizer metadata byte for byte instead of rebuilding it.
     """
-    from export.tokenizer import write_record
+    from assistant.model_dir import write_tokenizer_record
 
     tt = load_tokenizer(spec_or_handle) if isinstance(spec_or_handle, str) else spec_or_handle
     dst = Path(dst_dir)
@@ -275,7 +275,7 @@ def save_tokenizer_files(spec_or_handle: Spec, dst_dir: str | os.PathLike) -> li
         shutil.copyfile(tt.json_path, dst / TOKENIZER_JSON)
         written.append(dst / TOKENIZER_JSON)
     if tt.gguf_ref is not None:
-        written.append(write_record(dst, tt.gguf_ref, tt.gguf_sha256))
+        written.append(write_tokenizer_record(dst, tt.gguf_ref, tt.gguf_sha256))
     return written
 
 

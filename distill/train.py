@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from assistant.atomic import atomic_write_text
 from assistant.errors import AssistantError, UsageError
+from distill.frozen import freeze_lower, prefix_hidden, run_layers
 from distill.losses import IGNORE_INDEX, LossConfig, SparseTarget, chunked_distill_loss, log_probs, forward_kl
 from distill.models import Teacher, build_student, count_parameters, describe, load_teacher, load_teacher_config
 from distill.recipe import Recipe
@@ -134,15 +135,33 @@ def load_cached_targets(cache, indices: list[int], device: torch.device) -> Spar
 
 
 class DistillStep(torch.nn.Module):
-    """forward(input_ids, labels, teacher_chunk, n_tokens) → (loss, parts) for one micro-batch."""
+    """forward(input_ids, labels, teacher_chunk, n_tokens, hidden_in) → (loss, parts) for one micro-batch.
 
-    def __init__(self, student, loss: LossConfig):
+    With ``frozen`` lower layers, those run without gradients (or not at all: ``hidden_in`` is their
+    cached output). The head and the loss see only positions that have a target.
+    """
+
+    def __init__(self, student, loss: LossConfig, frozen: int = 0):
         super().__init__()
         self.student = student
         self.loss = loss
+        self.frozen = frozen
 
-    def forward(self, input_ids, labels, teacher_chunk, n_tokens):
-        hidden = self.student.model(input_ids=input_ids).last_hidden_state
+    def forward(self, input_ids, labels, teacher_chunk, n_tokens, hidden_in=None):
+        body = self.student.model
+        if hidden_in is not None:
+            hidden = run_layers(body, hidden_in, self.frozen, final_norm=True)
+        elif self.frozen:
+            hidden = run_layers(body, prefix_hidden(body, input_ids, self.frozen), self.frozen, final_norm=True)
+        else:
+            hidden = body(input_ids=input_ids).last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        labels = labels.reshape(-1)
+        keep = labels != IGNORE_INDEX
+        if not bool(keep.all()):
+            rows = keep.nonzero().squeeze(1)
+            hidden, labels = hidden[rows], labels[rows]
+            teacher_chunk = (lambda s, f=teacher_chunk, rows=rows: f(rows[s]))  # noqa: E731
         return chunked_distill_loss(hidden, self.student.lm_head.weight, teacher_chunk, labels, self.loss, n_tokens)
 
 
@@ -340,12 +359,58 @@ def check_tokenizers(teacher: Teacher, corpus, recipe: Recipe) -> None:
     init = Path(recipe.student.init).expanduser()
     if recipe.student.init not in ("teacher", "random") and (init / "tokenizer.json").is_file():
         others.append(("student", init, None))
+    elif recipe.student.init not in ("teacher", "random") and not init.is_dir():
+        others.append(("student", recipe.student.init, None))  # a GGUF student: its embedded tokenizer
     for what, spec, sha in others:
         if sha == theirs.sha256:
             continue
         ok, reason = same_tokenizer(theirs, str(spec))
         if not ok:
             raise AssistantError(f"the {what} and the teacher use different tokenizers ({reason}): rebuild the {what} with --tokenizer {teacher.tokenizer_spec}")
+
+
+def open_hidden_cache(recipe: Recipe, student, corpus, train_split, n_train: int, env: Env):
+    """The frozen prefix's outputs for the training blocks: rank 0 computes what is missing, then every rank reads."""
+    from distill.frozen import HiddenIdentity, open_or_build, prefix_sha256
+
+    identity = HiddenIdentity(
+        prefix_sha256=prefix_sha256(student, recipe.freeze_layers), n_frozen=recipe.freeze_layers,
+        corpus_sha256=corpus.manifest_sha256, tokenizer_sha256=corpus.manifest["tokenizer"].get("sha256", ""),
+        split="train", block_size=recipe.block_size, hidden_size=student.config.hidden_size,
+    )
+
+    def compute(indices: list[int]) -> torch.Tensor:
+        inputs, _ = load_blocks(train_split, indices, recipe.block_size, env.device)
+        with torch.autocast(env.device.type, dtype=env.autocast, enabled=env.autocast is not None):
+            return prefix_hidden(student.model, inputs, recipe.freeze_layers)
+
+    was = student.training
+    student.eval()  # no dropout in the cached outputs
+    try:
+        if env.main:
+            cache, _ = open_or_build(recipe.hidden_cache, identity, n_train, compute, batch_size=recipe.micro_batch)
+        if env.world > 1:
+            dist.barrier()
+        if not env.main:
+            cache, _ = open_or_build(recipe.hidden_cache, identity, n_train, compute, batch_size=recipe.micro_batch)
+    finally:
+        student.train(was)
+    return cache
+
+
+def check_cache_teacher(cache, recipe: Recipe) -> None:
+    """A logit cache is the teacher's output: refuse one made by another teacher than the recipe's."""
+    from distill.models import teacher_sha256
+
+    made_by = cache.manifest["teacher"]
+    want = teacher_sha256(recipe.teacher)
+    if made_by["sha256"] != want:
+        raise AssistantError(
+            f"the logit cache at {cache.path} was made by teacher {made_by['source']} "
+            f"(sha256 {made_by['sha256'][:12]}), "
+            f"not by the recipe's teacher {recipe.teacher} ({want[:12]})",
+            hint=f"rebuild it: assistant distill cache-logits --teacher {recipe.teacher} ...",
+        )
 
 
 def _wrap(step_module: DistillStep, recipe: Recipe, env: Env):
@@ -385,6 +450,8 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
     corpus, train_split, cache, n_train = _open_data(recipe)
     val_split = corpus.split("validation")
 
+    if cache is not None:
+        check_cache_teacher(cache, recipe)
     need_teacher = cache is None or recipe.eval_with_teacher or recipe.student.init == "teacher"
     teacher = load_teacher(recipe.teacher, device=str(env.device)) if need_teacher else None
     if teacher is not None:
@@ -398,14 +465,20 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
         raise UsageError("no teacher and no logit cache: set teacher or logit_cache in the recipe")
     if cache is not None and not recipe.eval_with_teacher:
         teacher = None  # only needed for the init; free it
-    if teacher is not None and teacher.model.config.vocab_size != student.config.vocab_size:
-        n = min(teacher.model.config.vocab_size, student.config.vocab_size)
-        student_info.notes.append(f"teacher vocab {teacher.model.config.vocab_size} vs student {student.config.vocab_size}: distilling over the shared {n} tokens")
 
-    step_module = DistillStep(student, recipe.loss_config())
+    student_info.notes += freeze_lower(student, recipe.freeze_layers)
+    hidden_cache = None
+    if recipe.hidden_cache:
+        hidden_cache = open_hidden_cache(recipe, student, corpus, train_split, n_train, env)
+        student_info.notes.append(
+            f"frozen layers' outputs read from {hidden_cache.path} ({hidden_cache.n_blocks} blocks)"
+        )
+
+    step_module = DistillStep(student, recipe.loss_config(), recipe.freeze_layers)
     model = _wrap(step_module, recipe, env)
-    decay = [p for p in student.parameters() if p.dim() >= 2]
-    no_decay = [p for p in student.parameters() if p.dim() < 2]
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=recipe.lr,
@@ -450,15 +523,18 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
                 else:
                     with torch.autocast(env.device.type, dtype=env.autocast, enabled=env.autocast is not None):
                         teacher_chunk = dense_teacher(teacher, inputs)
+                hidden_in = None
+                if hidden_cache is not None:
+                    hidden_in = torch.from_numpy(hidden_cache.batch(idx)).to(env.device)
                 sync = m == recipe.grad_accum - 1 or env.world == 1 or recipe.fsdp
                 ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else contextlib.nullcontext()
                 with ctx, torch.autocast(env.device.type, dtype=env.autocast, enabled=env.autocast is not None):
-                    loss, parts = model(inputs, labels, teacher_chunk, n_global)
+                    loss, parts = model(inputs, labels, teacher_chunk, n_global, hidden_in)
                     # DDP/FSDP average gradients over ranks; the loss is already normalized globally
                     (loss * env.world).backward()
                 ce_sum = ce_sum + parts["ce"].double() * n_global
                 div_sum = div_sum + parts["div"].double() * n_global
-            grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), recipe.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, recipe.grad_clip)
             if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
                 grad_norm = grad_norm.full_tensor()
             optimizer.step()

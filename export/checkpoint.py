@@ -1,4 +1,4 @@
-"""Read a Hugging Face `LlamaForCausalLM` directory: config.json and safetensors, no torch.
+"""Read a Hugging Face Llama or Qwen2 directory: config.json and safetensors, no torch.
 
 The safetensors format is a JSON header plus raw little-endian arrays, so numpy reads it
 directly (bf16 included, by widening the bits): exporting needs neither torch nor
@@ -7,22 +7,25 @@ transformers, and a bad directory fails in milliseconds with the reason.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from assistant.model_dir import HASHED_SUFFIXES, content_sha256, model_files  # noqa: F401  (re-exported)
 from export.errors import ExportError
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+#: transformers architecture -> GGUF architecture (``general.architecture``, llama.cpp's model family).
+ARCHITECTURES: dict[str, str] = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
+GGUF_FAMILIES = tuple(ARCHITECTURES.values())
+#: GGUF families whose q/k/v projections carry biases (Qwen2: always, with no config flag).
+QKV_BIAS_FAMILIES = ("qwen2",)
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
-#: Files that describe the model; a directory's content hash covers exactly these.
-HASHED_SUFFIXES = (".json", ".safetensors", ".model", ".jinja", ".txt")
 #: Rope types we can express in GGUF (transformers' ``rope_type`` names).
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 #: safetensors dtype -> (numpy dtype name, bytes per element)
@@ -59,6 +62,7 @@ class LlamaHParams:
     rope_theta: float
     tied_embeddings: bool
     rope_scaling: RopeScaling | None = None
+    arch: str = "llama"  # GGUF architecture: "llama" (rotate-half RoPE, permuted) or "qwen2" (NEOX, q/k/v biases)
 
     @property
     def n_params_hint(self) -> str:
@@ -130,15 +134,22 @@ def _rope(config: dict, where: Path) -> tuple[float, RopeScaling | None]:
 
 
 def read_hparams(config: dict, where: Path) -> LlamaHParams:
-    """Validate that ``config`` is a Llama decoder we can express in GGUF and extract its shape."""
+    """Validate that ``config`` is a Llama/Qwen2 decoder we can express in GGUF and extract its shape."""
     archs = config.get("architectures") or []
     model_type = config.get("model_type")
-    if not any(a in SUPPORTED_ARCHITECTURES for a in archs) and not (not archs and model_type == "llama"):
+    known = [ARCHITECTURES[a] for a in archs if a in ARCHITECTURES]
+    if not known and not archs and model_type in ARCHITECTURES.values():
+        known = [model_type]
+    if not known:
         found = ", ".join(archs) if archs else f"model_type {model_type!r}"
         raise ExportError(
-            f"{where} is not a Llama checkpoint: config.json names {found}",
+            f"{where} is not a Llama or Qwen2 checkpoint: config.json names {found}",
             hint=f"only {', '.join(SUPPORTED_ARCHITECTURES)} can be exported",
         )
+    arch = known[0]
+    if arch == "qwen2" and config.get("use_sliding_window"):
+        raise ExportError(f"{where}: use_sliding_window = true is not supported by llama.cpp's qwen2 graph",
+                          hint="set use_sliding_window to false (Qwen2.5 models ship it off)")
     act = config.get("hidden_act", "silu")
     if act != "silu":
         raise ExportError(f"{where}: hidden_act {act!r} is not Llama's silu; llama.cpp would compute a different model")
@@ -168,6 +179,7 @@ def read_hparams(config: dict, where: Path) -> LlamaHParams:
         # transformers' LlamaConfig defaults to untied embeddings
         tied_embeddings=bool(config.get("tie_word_embeddings", False)),
         rope_scaling=scaling,
+        arch=arch,
     )
 
 
@@ -248,22 +260,3 @@ def load_tensor(ref: TensorRef):
             out = raw.astype(np.float32)  # always a copy
         del raw  # the map cannot close while a view of it exists
     return out.reshape(ref.shape)
-
-
-def model_files(model_dir: Path) -> Iterator[Path]:
-    """The files that define the model, in a stable order (hidden files and GGUFs excluded)."""
-    for p in sorted(model_dir.rglob("*")):
-        rel = p.relative_to(model_dir)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts) and p.suffix in HASHED_SUFFIXES:
-            yield p
-
-
-def content_sha256(model_dir: Path, file_sha256) -> str:
-    """One sha256 over (relative path, file sha256) of every model file: the provenance key.
-
-    ``file_sha256`` is injected (the tool's stat-keyed hash cache) so re-exports do not re-read GBs.
-    """
-    h = hashlib.sha256()
-    for p in model_files(model_dir):
-        h.update(f"{file_sha256(p)}  {p.relative_to(model_dir).as_posix()}\n".encode())
-    return h.hexdigest()

@@ -1,8 +1,10 @@
-"""HF `LlamaForCausalLM` checkpoint -> GGUF, written with the `gguf` package's GGUFWriter.
+"""HF `LlamaForCausalLM` / `Qwen2ForCausalLM` checkpoint -> GGUF, written with the `gguf` package's GGUFWriter.
 
-Not llama.cpp's convert script (not installed by any wheel, and it breaks on PyPI gguf): a
-Llama has few enough tensor kinds that the whole conversion is a name map, one RoPE
-permutation and a dtype cast. Tensors are streamed one at a time into a temp file beside the
+Not llama.cpp's convert script (not installed by any wheel, and it breaks on PyPI gguf): these
+families have few enough tensor kinds that the whole conversion is a name map, a dtype cast and,
+for Llama only, one RoPE permutation (Qwen2 uses NEOX RoPE, which is HF's rotate-half layout
+already; it adds q/k/v biases, kept in F32 like every 1-D tensor).
+Tensors are streamed one at a time into a temp file beside the
 target, which is renamed into place only when everything was written.
 """
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from export.checkpoint import Checkpoint, LlamaHParams, TensorRef, load_tensor
+from export.checkpoint import QKV_BIAS_FAMILIES, Checkpoint, LlamaHParams, TensorRef, load_tensor
 from export.errors import ExportError
 from export.files import atomic_path
 from export.tokenizer import TokenizerMeta
@@ -35,6 +37,11 @@ OUTTYPES: dict[str, OutType] = {
     "bf16": OutType("BF16", 30, 32, "uint16"),  # bf16 bits, rounded to nearest even
 }
 F32 = 0
+#: our hparams.arch -> the gguf package's MODEL_ARCH member (looked up lazily: gguf is imported inside functions)
+GGUF_ARCH: dict[str, Callable[[], object]] = {
+    "llama": lambda: __import__("gguf").MODEL_ARCH.LLAMA,
+    "qwen2": lambda: __import__("gguf").MODEL_ARCH.QWEN2,
+}
 QUANTIZATION_VERSION = 2  # ggml's current block layout version; llama.cpp writes it on every file
 F16_MAX = 65504.0
 
@@ -107,7 +114,8 @@ def plan_tensors(ckpt: Checkpoint, outtype: OutType) -> list[TensorPlan]:
     import gguf
 
     hp = ckpt.hparams
-    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, hp.n_layers)
+    tmap = gguf.get_tensor_name_map(GGUF_ARCH[hp.arch](), hp.n_layers)
+    permute = hp.arch == "llama"  # GGML's llama graph uses interleaved RoPE; qwen2's is NEOX (HF's layout)
     plans: list[TensorPlan] = []
     names = set(ckpt.tensors)
     for name in sorted(ckpt.tensors, key=_layer_order):
@@ -118,12 +126,23 @@ def plan_tensors(ckpt: Checkpoint, outtype: OutType) -> list[TensorPlan]:
             continue  # tied: llama.cpp reuses token_embd when output.weight is absent
         new = tmap.get_name(name, try_suffixes=(".weight", ".bias"))
         if new is None:
-            raise ExportError(f"{ckpt.dir}: tensor {name} has no GGUF name in the Llama map; is this a plain Llama?")
+            raise ExportError(
+                f"{ckpt.dir}: tensor {name} has no GGUF name in the {hp.arch} map; is this a plain {hp.arch} model?"
+            )
         heads = hp.n_head if new.endswith("attn_q.weight") else hp.n_head_kv if new.endswith("attn_k.weight") else 0
+        heads = heads if permute else 0
         ggml_type = F32 if len(ref.shape) == 1 else outtype.ggml_type
         plans.append(TensorPlan(new, ref.shape, ggml_type, ref, heads))
     if not hp.tied_embeddings and "lm_head.weight" not in names:
         raise ExportError(f"{ckpt.dir}: config says the embeddings are not tied but there is no lm_head.weight")
+    if hp.arch in QKV_BIAS_FAMILIES:
+        for i in range(hp.n_layers):
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                if f"model.layers.{i}.self_attn.{proj}.bias" not in names:
+                    raise ExportError(
+                        f"{ckpt.dir}: a {hp.arch} model needs model.layers.{i}.self_attn.{proj}.bias, which is missing",
+                        hint="save the model with save_pretrained (Qwen2 attention always has q/k/v biases)",
+                    )
     if hp.rope_scaling is not None and hp.rope_scaling.kind == "llama3":
         plans.insert(0, TensorPlan("rope_freqs.weight", (hp.head_dim // 2,), F32, None))
     _check_shapes(ckpt, plans)
@@ -145,6 +164,9 @@ def _check_shapes(ckpt: Checkpoint, plans: list[TensorPlan]) -> None:
         "token_embd.weight": (hp.n_vocab, hp.n_embd),
         "output.weight": (hp.n_vocab, hp.n_embd),
         "attn_q.weight": (hp.n_head * hp.head_dim, hp.n_embd),
+        "attn_q.bias": (hp.n_head * hp.head_dim,),
+        "attn_k.bias": (hp.n_head_kv * hp.head_dim,),
+        "attn_v.bias": (hp.n_head_kv * hp.head_dim,),
         "attn_k.weight": (hp.n_head_kv * hp.head_dim, hp.n_embd),
         "attn_v.weight": (hp.n_head_kv * hp.head_dim, hp.n_embd),
         "attn_output.weight": (hp.n_embd, hp.n_head * hp.head_dim),
@@ -242,7 +264,7 @@ def write_gguf(
     t0 = time.perf_counter()
     n_params = 0
     with atomic_path(out, force) as tmp:
-        w = gguf.GGUFWriter(tmp, "llama")
+        w = gguf.GGUFWriter(tmp, hp.arch)
         try:
             add_hparams(w, hp, ot, name or ckpt.name)
             tokenizer.add_to(w)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from assistant.store.gguf_file import FILE_TYPES, GGML_TYPES, GGUFInfo, read_gguf
+from export.checkpoint import GGUF_FAMILIES
 from export.errors import ExportError
 from export.files import atomic_path
 
@@ -113,8 +114,10 @@ def output_path(src: Path, qtype: str, out_dir: Path | None = None) -> Path:
 
 
 def check_source(info: GGUFInfo) -> None:
-    if info.architecture != "llama":
-        raise ExportError(f"{info.path} is a {info.architecture!r} model; the export stage handles llama only")
+    if info.architecture not in GGUF_FAMILIES:
+        raise ExportError(
+            f"{info.path} is a {info.architecture!r} model; the export stage handles llama and qwen2 only"
+        )
     if info.quantization not in SOURCE_TYPES:
         raise ExportError(
             f"{info.path} is already quantized ({info.quantization}); quantizing it again compounds the error",

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from assistant.store.gguf_file import read_gguf
+from export.checkpoint import GGUF_FAMILIES
 from export.errors import ExportError
 from export.files import atomic_path
 from export.quantize import QuantResult, parse_types, run_llama_quantize, type_notes
@@ -26,8 +27,8 @@ def requantize(src: Path, qtype: str, out: Path, *, force: bool = False, threads
     """Quantize ``src`` (any GGUF llama.cpp reads, quantized or not) to ``qtype`` at ``out``, atomically."""
     (qtype,) = parse_types(qtype)
     info = read_gguf(src)
-    if info.architecture != "llama":
-        raise ExportError(f"{src} is a {info.architecture!r} model; the export stage handles llama only")
+    if info.architecture not in GGUF_FAMILIES:
+        raise ExportError(f"{src} is a {info.architecture!r} model; the export stage handles llama and qwen2 only")
     t0 = time.perf_counter()
     with atomic_path(out, force) as tmp:
         run_llama_quantize(src, tmp, qtype, threads, allow_requantize=True)

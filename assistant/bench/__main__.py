@@ -1,12 +1,15 @@
-"""`python -m assistant.bench`: the bench command, or a worker when called with --worker/--probe."""
+"""`python -m assistant.bench`: the bench command, or a worker when called with --worker/--probe.
+
+The worker path imports only the worker module (assistant.bench.worker), never the command line.
+"""
 
 import sys
 
-from assistant.bench.core import _worker_main
-
 if len(sys.argv) > 1 and sys.argv[1] in ("--worker", "--probe"):
-    sys.exit(_worker_main(sys.argv[1]))
+    from assistant.bench.worker import main as worker_main
 
-from assistant.cli.bench import main  # noqa: E402
+    sys.exit(worker_main(sys.argv[1]))
+
+from assistant.cli.bench.command import main  # noqa: E402
 
 main()

@@ -23,7 +23,7 @@ class GenerateOptions:
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: Sampling = field(default_factory=Sampling)
     prompt_style: str | None = None  # None: the model's own (from models.lock)
-    system: str | None = DEFAULT_SYSTEM
+    system: str | None = None  # None: the model's recipe (models.lock), else the tool's default; "": none
     code_only: bool = False
     rerank: str = "none"  # none, codet or cluster
     samples: int = 5  # candidates when reranking
@@ -79,7 +79,15 @@ class GenerateResult:
 
 
 def load_model(name: str | None, lock_path: Path | None = None, offline: bool = False) -> ResolvedModel:
+    """The lock's default when ``name`` is None; a missing pinned model is pulled (with progress) unless offline."""
     return resolve(name, load_lock(lock_path), HashCache(), offline=offline_mode(offline))
+
+
+def system_message(option: str | None, model: ResolvedModel) -> str:
+    """--system if given, else the model's recipe, else the tool's default ("" sends none)."""
+    if option is not None:
+        return option
+    return model.system if model.system is not None else DEFAULT_SYSTEM
 
 
 def generate(request: Request, options: GenerateOptions, on_text: TextCallback | None = None) -> GenerateResult:
@@ -87,7 +95,7 @@ def generate(request: Request, options: GenerateOptions, on_text: TextCallback |
     style = options.prompt_style or model.prompt_style
     sampling = replace(options.sampling, stop=tuple(dict.fromkeys(options.sampling.stop + model.stop)))
     with Engine(model, options.engine) as engine:
-        prompt = engine.render(request, style=style, system=options.system)
+        prompt = engine.render(request, style=style, system=system_message(options.system, model))
         if options.rerank == "none":
             generation = engine.generate(prompt, sampling, on_text=on_text)
             result = GenerateResult(model, generation, sampling, style)
@@ -101,7 +109,7 @@ def generate(request: Request, options: GenerateOptions, on_text: TextCallback |
 def _reranked(engine: Engine, request: Request, prompt: str, sampling: Sampling, options: GenerateOptions, style: str) -> GenerateResult:
     """CodeT / cluster reranking of ``options.samples`` candidates for a free-form request."""
     from assistant.codegen.rerank import generate_tests, main_function, rerank, sample_candidates, sandbox_runner
-    from assistant.sandbox.runner import Limits
+    from assistant.sandbox.limits import Limits
 
     if sampling.temperature == 0:
         raise UsageError("reranking needs varied candidates", hint="pass --temperature 0.8 (or similar)")

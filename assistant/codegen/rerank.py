@@ -86,7 +86,7 @@ def rerank(method: str, solutions: Sequence[str | None], tests: list[str], runne
 
 def sandbox_runner(limits) -> ProgramRunner:
     """Run harness programs in the sandbox pool and hand back their stdout."""
-    from assistant.sandbox.runner import run_many
+    from assistant.sandbox.pool import run_many
 
     return lambda programs: [r.stdout for r in run_many(programs, limits)]
 

@@ -225,6 +225,8 @@ class RunDir:
         atomic_write_text(self.path / "summary.json", json.dumps(summary.to_dict(), indent=2) + "\n")
 
 
+#: Called once per finished problem as (record, finished so far, problems in the run); the
+#: problems a resumed run already holds come first, so a progress bar starts where it stopped.
 Progress = Callable[[ProblemRecord, int, int], None]
 
 
@@ -243,11 +245,24 @@ def run_eval(
     run = RunDir(out, replace(cfg, dataset=str(dataset) if dataset else "humaneval"), engine.model.sha256)
     todo = [p for p in problems if p.task_id not in run.done]
     wanted = {p.task_id for p in problems}
-    for i, problem in enumerate(todo):
-        record, samples = evaluate_problem(engine, problem, cfg, run_programs)
-        run.append(record, samples)
-        if on_problem:
-            on_problem(record, i + 1, len(todo))
-    summary = summarize([r for r in run.records if r.task_id in wanted], cfg)
+    finished = [r for r in run.records if r.task_id in wanted]
+    if on_problem:
+        for i, record in enumerate(finished):
+            on_problem(record, i + 1, len(problems))
+    try:
+        for problem in todo:
+            record, samples = evaluate_problem(engine, problem, cfg, run_programs)
+            run.append(record, samples)
+            finished.append(record)
+            if on_problem:
+                on_problem(record, len(finished), len(problems))
+    except KeyboardInterrupt:
+        if not finished:
+            raise KeyboardInterrupt(f"no problem finished, nothing saved in {out} but its config.json") from None
+        raise KeyboardInterrupt(
+            f"{len(finished)} of {len(problems)} problems are saved in {out}; "
+            "run the same command again to resume from there"
+        ) from None
+    summary = summarize(finished, cfg)
     run.write_summary(summary)
     return summary

@@ -23,7 +23,7 @@ from assistant.runtime.engine import ContextError, Engine, Sampling
 from assistant.errors import UsageError
 from assistant.fidelity.scoring import DistStats, VocabCheck, compare_vocab, recording, score_pair
 from assistant.fidelity.tasks import ORIGINAL, Judgement, Skip, Task, Variant
-from assistant.fidelity.relations import RELATIONS, default_relations
+from assistant.fidelity.relations.registry import RELATIONS, default_relations
 from assistant.runtime.prompts import Request
 
 TASKS = ("completion", "asserts")

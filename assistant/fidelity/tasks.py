@@ -25,7 +25,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 
 from assistant.codegen.codet import harness_program, parse_harness
 from assistant.evaluation.humaneval import DatasetError, Problem, chat_request, hidden_test_program, read_jsonl_objects, sanitize, truncate_body
-from assistant.fidelity.relations import NotApplicable, apply_relation
+from assistant.fidelity.relations.registry import NotApplicable, apply_relation
 from assistant.runtime.prompts import FENCE_RE
 
 ORIGINAL = "original"

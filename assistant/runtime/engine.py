@@ -14,13 +14,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from assistant.errors import AssistantError
+from assistant.errors import AssistantError, UsageError
 from assistant.runtime.hardware import physical_cores
 from assistant.store.resolve import ResolvedModel
 from assistant.runtime.prompts import DEFAULT_SYSTEM, Request, completion_text
 from assistant.runtime.stops import StopFilter
 
 DEFAULT_CTX = 4096
+# llama.cpp takes the seed as a uint32 and reads 0xFFFFFFFF (LLAMA_DEFAULT_SEED) as "pick one at
+# random": larger seeds would wrap onto small ones, that one would not reproduce.
+MAX_SEED = 0xFFFFFFFE
 
 
 class ContextError(AssistantError):
@@ -61,7 +64,7 @@ class Timings:
 @dataclass
 class Generation:
     text: str
-    finish_reason: str  # "stop" (stop sequence or end-of-generation token) or "length"
+    finish_reason: str  # "stop" (stop sequence or end-of-generation token), "length" or "cancelled"
     seed: int
     prompt: str
     timings: Timings = field(default_factory=Timings)
@@ -91,7 +94,7 @@ class Engine:
         self.n_threads = config.n_threads or physical_cores()
         t0 = time.perf_counter()
         try:
-            self.llm = llama_cpp.Llama(
+            self.llm = _tolerant_llama(llama_cpp)(
                 model_path=str(model.path),
                 n_ctx=self.n_ctx,
                 n_batch=min(config.n_batch, self.n_ctx),
@@ -112,16 +115,22 @@ class Engine:
         return self.llm._model.token_get_text(token) if token >= 0 else ""
 
     def _chat_formatter(self):
+        """The GGUF's own chat template, or None; one that does not parse is kept as its error."""
+        self._chat_error: str | None = getattr(self.llm, "template_errors", {}).get("tokenizer.chat_template")
         template = self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             return None
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        return Jinja2ChatFormatter(
-            template=template,
-            eos_token=self._token_text(self.llm.token_eos()),
-            bos_token=self._token_text(self.llm.token_bos()),
-        )
+        try:
+            return Jinja2ChatFormatter(
+                template=template,
+                eos_token=self._token_text(self.llm.token_eos()),
+                bos_token=self._token_text(self.llm.token_bos()),
+            )
+        except Exception as e:  # the template is data from the file: any jinja2 error, not only syntax
+            self._chat_error = _template_error(e)
+            return None
 
     def render(self, request: Request, *, style: str | None = None, system: str | None = DEFAULT_SYSTEM) -> str:
         """The exact text fed to the model: the chat template for chat models, raw otherwise."""
@@ -129,13 +138,30 @@ class Engine:
         if style == "completion":
             return completion_text(request)
         if self._chat is None:
+            if self._chat_error:
+                raise AssistantError(
+                    f"the chat template of {self.model.name} does not parse: {self._chat_error}",
+                    hint="use --prompt-style completion",
+                )
             raise AssistantError(
                 f"{self.model.name} has no chat template", hint="use --prompt-style completion"
             )
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": request.user_message()}
-        ]
-        return self._chat(messages=messages).prompt
+        user = request.user_message()
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        try:
+            return self._chat(messages=messages).prompt
+        except Exception as e:  # raise_exception() in the template, or a template bug
+            failure = _template_error(e)
+        if system:
+            # Gemma-style templates refuse a system role; they fold it into the user turn
+            # themselves when they support one at all, so do the same and keep the instructions.
+            try:
+                return self._chat(messages=[{"role": "user", "content": f"{system}\n\n{user}"}]).prompt
+            except Exception:
+                pass
+        raise AssistantError(
+            f"the chat template of {self.model.name} failed: {failure}", hint="use --prompt-style completion"
+        )
 
     def tokenize(self, text: str) -> list[int]:
         bos = self._token_text(self.llm.token_bos())
@@ -151,11 +177,26 @@ class Engine:
 
     # -- generation ------------------------------------------------------------------------
 
-    def generate(self, prompt: str, sampling: Sampling = Sampling(), on_text: TextCallback | None = None) -> Generation:
-        """Generate from the rendered ``prompt``; ``on_text`` receives the text as it is produced."""
-        if not prompt.strip():
+    def generate(
+        self,
+        prompt: str,
+        sampling: Sampling = Sampling(),
+        on_text: TextCallback | None = None,
+        *,
+        tokens: list[int] | None = None,
+        cancel: Callable[[], bool] | None = None,
+        stop_tokens: frozenset[int] = frozenset(),
+    ) -> Generation:
+        """Generate from the rendered ``prompt``; ``on_text`` receives the text as it is produced.
+
+        ``tokens`` replaces tokenizing ``prompt`` (FIM prompts are built token by token);
+        ``cancel`` is polled once per token (finish "cancelled"); ``stop_tokens`` end the text
+        like end-of-generation tokens. The KV cache keeps the longest shared prefix of the
+        previous call (llama-cpp-python's prefix match), so near-identical prompts are cheap.
+        """
+        if tokens is None and not prompt.strip():
             raise AssistantError("the prompt is empty", hint="pass a prompt argument or pipe text on stdin")
-        tokens = self.tokenize(prompt)
+        tokens = list(tokens) if tokens is not None else self.tokenize(prompt)
         if len(tokens) >= self.n_ctx:
             raise ContextError(
                 f"the prompt is {len(tokens)} tokens but the context window is {self.n_ctx}",
@@ -163,6 +204,11 @@ class Engine:
             )
         budget = min(sampling.max_tokens, self.n_ctx - len(tokens))
         seed = sampling.seed if sampling.seed is not None else secrets.randbits(31)
+        if not 0 <= seed <= MAX_SEED:
+            raise UsageError(
+                f"seed {seed} is out of range: llama.cpp reproduces seeds 0 to {MAX_SEED}",
+                hint="pass a smaller --seed (samples and retries use seed+1, seed+2, ...)",
+            )
         self.llm.set_seed(seed)
         stopper = StopFilter(sampling.stop)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -189,7 +235,10 @@ class Engine:
             n_sampled += 1
             if n_sampled == 1:
                 t_first = t_last
-            if self._llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            if cancel is not None and cancel():
+                finish = "cancelled"
+                break
+            if token in stop_tokens or self._llama_cpp.llama_vocab_is_eog(self._vocab, token):
                 finish = "stop"
                 break
             n_text += 1
@@ -224,3 +273,41 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _tolerant_llama(llama_cpp):
+    """``Llama`` that loads a model whose chat template does not compile.
+
+    llama-cpp-python 0.3.36 compiles every ``tokenizer.chat_template*`` in the file while it loads
+    and fails the whole load on a broken one, so even ``--prompt-style completion`` could not run.
+    This subclass hides such templates from that step and keeps their errors in ``template_errors``.
+    """
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    class TolerantLlama(llama_cpp.Llama):
+        template_errors: dict[str, str]
+
+        @property
+        def metadata(self) -> dict[str, str]:
+            return self._usable_metadata
+
+        @metadata.setter
+        def metadata(self, value: dict[str, str]) -> None:
+            self.template_errors = {}
+            usable = dict(value)
+            for key in [k for k in value if k.startswith("tokenizer.chat_template")]:
+                try:
+                    Jinja2ChatFormatter(template=value[key], eos_token="", bos_token="")
+                except Exception as e:  # whatever jinja2 raises on this file's text
+                    self.template_errors[key] = _template_error(e)
+                    del usable[key]
+            self._usable_metadata = usable
+
+    return TolerantLlama
+
+
+def _template_error(e: Exception) -> str:
+    """A jinja2 error as one phrase, with the template line where jinja2 knows it."""
+    line = getattr(e, "lineno", None)
+    text = getattr(e, "message", None) or str(e) or type(e).__name__
+    return f"{text} (template line {line})" if line else text

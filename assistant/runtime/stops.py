@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from assistant.errors import UsageError
+
 
 @dataclass
 class StopFilter:
@@ -51,3 +53,43 @@ def apply_stops(text: str, stops: tuple[str, ...]) -> str:
     """The non-streaming answer: ``text`` cut at the earliest stop sequence."""
     f = StopFilter(stops)
     return f.feed(text) + f.flush()
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", "'": "'", '"': '"'}
+_HEX_DIGITS = {"x": 2, "u": 4, "U": 8}
+
+
+def unescape(text: str, what: str = "--stop") -> str:
+    r"""``--stop "\ndef "`` as a shell passes it (backslash, n) to the newline the user meant.
+
+    Understands \n \t \r \0 \\ \' \" \xNN \uNNNN \UNNNNNNNN; any other backslash is an error,
+    so a typo never becomes a stop sequence that silently never matches.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c != "\\":
+            out.append(c)
+            i += 1
+            continue
+        if i + 1 == len(text):
+            raise UsageError(f'{what} "{text}" ends with a lone backslash', hint=r"write \\ for a backslash")
+        e = text[i + 1]
+        if e in _ESCAPES:
+            out.append(_ESCAPES[e])
+            i += 2
+            continue
+        width = _HEX_DIGITS.get(e)
+        digits = text[i + 2 : i + 2 + width] if width else ""
+        if not width or len(digits) != width or any(d not in "0123456789abcdefABCDEF" for d in digits):
+            want = f"\\{e} needs {width} hex digits" if width else f"unknown escape \\{e}"
+            raise UsageError(f'{what} "{text}": {want}', hint=r"escapes are \n \t \r \0 \\ \xNN \uNNNN \UNNNNNNNN")
+        code = int(digits, 16)
+        if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+            raise UsageError(
+                f'{what} "{text}": \\{e}{digits} is not a Unicode character', hint="use a code point up to 10FFFF"
+            )
+        out.append(chr(code))
+        i += 2 + width
+    return "".join(out)

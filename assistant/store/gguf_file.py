@@ -22,6 +22,8 @@ SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 #: Arrays longer than this (token lists, scores, merges) are skipped unless asked for.
 SMALL_ARRAY = 64
+#: llama.cpp itself reads no nested metadata arrays; a few levels leave room for other writers.
+MAX_ARRAY_DEPTH = 8
 
 
 class GGUFError(AssistantError):
@@ -285,11 +287,16 @@ class _Reader:
         except ValueError:
             raise GGUFError(f"{self.path} is corrupt: unknown metadata type {raw} in {what}") from None
 
-    def value(self, vt: ValueType, what: str, load_arrays: bool) -> Any:
+    def value(self, vt: ValueType, what: str, load_arrays: bool, depth: int = 0) -> Any:
         if vt == ValueType.STRING:
             return self.string(what)
         if vt != ValueType.ARRAY:
             return self.scalar(vt, what)
+        if depth >= MAX_ARRAY_DEPTH:  # a crafted file would otherwise end in RecursionError
+            raise GGUFError(
+                f"{self.path} is corrupt or hostile: {what} nests arrays more than {MAX_ARRAY_DEPTH} deep",
+                hint="use a GGUF written by llama.cpp or `assistant export gguf`",
+            )
         item = self.value_type(what)
         length = self.u64(what)
         if not load_arrays and length > SMALL_ARRAY:
@@ -302,7 +309,7 @@ class _Reader:
                     self.skip(n, what)
             elif item == ValueType.ARRAY:
                 for _ in range(length):
-                    self.value(ValueType.ARRAY, what, load_arrays=False)
+                    self.value(ValueType.ARRAY, what, False, depth + 1)
             else:
                 self.skip(length * struct.calcsize(SCALAR_FORMATS[item]), what)
             return SkippedArray(item, length)
@@ -310,7 +317,7 @@ class _Reader:
             fmt = SCALAR_FORMATS[item]
             raw = self.read(length * struct.calcsize(fmt), what)
             return list(struct.unpack(f"<{length}{fmt[1]}", raw))
-        return [self.value(item, what, load_arrays) for _ in range(length)]
+        return [self.value(item, what, load_arrays, depth + 1) for _ in range(length)]
 
 
 def read_gguf(path: str | os.PathLike, *, load_arrays: bool = False) -> GGUFInfo:

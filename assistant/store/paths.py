@@ -1,4 +1,4 @@
-"""Where the tool keeps its per-user state (downloads, hash cache)."""
+"""Where the tool keeps its per-user state (downloaded models, hash cache)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 CACHE_ENV = "ASSISTANT_CACHE"
+MODELS_ENV = "ASSISTANT_MODELS"
 
 
 def cache_dir() -> Path:
@@ -15,3 +16,9 @@ def cache_dir() -> Path:
         return Path(env)
     xdg = os.environ.get("XDG_CACHE_HOME")
     return Path(xdg) / "assistant" if xdg else Path.home() / ".cache" / "assistant"
+
+
+def models_dir() -> Path:
+    """$ASSISTANT_MODELS, else <cache_dir>/models: pulled model files (large, kept apart from the hash cache)."""
+    env = os.environ.get(MODELS_ENV)
+    return Path(env) if env else cache_dir() / "models"

@@ -17,12 +17,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from assistant.asserts.validate import confirm, make_target, measure_coverage, relative_path_expr, render_test_file, validate
-from assistant.asserts.pipeline import (
-    ERRORED, FAILING, KEPT, AssertsConfig, Candidate, FunctionReport, doctest_candidates, doctest_code,
-    extract_candidates, free_names,
-)
-from assistant.cli.asserts import asserts, eval_asserts
+from assistant.asserts.candidates import AssertsConfig, Candidate, doctest_candidates, doctest_code, extract_candidates, free_names
+from assistant.asserts.render import FunctionReport, confirm, measure_coverage, relative_path_expr, render_test_file
+from assistant.asserts.validate import ERRORED, FAILING, KEPT, make_target, validate
+from assistant.cli.asserts.command import asserts, eval_asserts
 from assistant.guard import OneLineErrorGroup
 from assistant.errors import UsageError
 from assistant.asserts.focal import import_root, parse_module, select
@@ -259,7 +257,7 @@ def test_a_prompt_too_long_for_the_context_skips_the_model_but_keeps_doctests(tm
 
     path = copy_fixture("mathutils.py", tmp_path)
     info = parse_module(path)
-    model = resolve(None, lock, HashCache(tmp_path / "h.json"))
+    model = resolve("smollm2-135m-instruct", lock, HashCache(tmp_path / "h.json"))
     with Engine(model, EngineConfig(n_ctx=64, n_threads=1)) as tiny:
         report = run_asserts(tiny, info, select(info), AssertsConfig())
     assert all("does not fit" in f.note or "context window" in f.note for f in report.functions)
@@ -359,3 +357,42 @@ def test_a_module_that_prints_and_sleeps_at_import(tmp_path):
     assert "spin" in r.stdout and "timeout" in r.stdout  # hangs are dropped with the reason counted
     result = run_pytest(out)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_markup_in_an_import_error_is_printed_not_parsed(tmp_path):
+    """rich reads `[/red]` as a closing tag: unescaped, the report crashed with a MarkupError."""
+    mod = tmp_path / "broken.py"
+    mod.write_text(
+        'def add(a, b):\n    """>>> add(1, 2)\n    3\n    """\n    return a + b\n\n\n'
+        'raise RuntimeError("config [/red] missing [b, a]")\n'
+    )
+    r = run("asserts", mod, "--out", tmp_path / "t.py", "--threads", "1", "--per-function", "1", "--tries", "1")
+    assert_one_line_error(r, "did not import in the sandbox", "[/red] missing [b, a]", code=1)
+    assert "config [/red] missing [b, a]" in " ".join(r.stdout.split())
+    assert not (tmp_path / "t.py").exists()
+
+
+def test_report_view_escapes_names_paths_and_errors(tmp_path, capsys, monkeypatch):
+    from assistant.asserts.pipeline import AssertsReport
+    from assistant.asserts.validate import Verdict
+    from assistant.cli.asserts.views import print_eval, print_report
+
+    monkeypatch.setenv("COLUMNS", "200")
+    c = Candidate("swap", ("x = [b, a]",), "assert swap(x) == [a, b]", "model")
+    fn = FunctionReport("swap", [c, c], [Verdict(FAILING, "AssertionError", "returned [b, a]"),
+                                         Verdict(ERRORED, "[/x] odd reason", "")])
+    report = AssertsReport(str(tmp_path / "m[/i].py"), {"name": "model [b, a]"}, [fn],
+                           import_error="ImportError: [/bold] no [b, a]")
+    print_report(report)
+    out = capsys.readouterr().out
+    for text in ("m[/i].py", "model [b, a]", "ImportError: [/bold] no [b, a]", "[/x] odd reason 1",
+                 "assert swap(x) == [a, b]  # returned [b, a]"):
+        assert text in out, text
+    summary = {"model": {"name": "m [b, a]"}, "examples": 1, "split": "test", "ms_per_sample": 1.0, "no_assertion": 0,
+               "ground_truth": {"exact_match": 0.5, "similarity": 0.5},
+               "reference": {"name": "[/r]", "exact_match": 0.1, "similarity": 0.2, "ms_per_sample": 2.0,
+                             "ground_truth": {"exact_match": 0.3, "similarity": 0.4}}}
+    print_eval(summary)
+    out = capsys.readouterr().out
+    assert "m [b, a] on 1 test" in out and "reference [/r]" in out and "[/r] vs ground truth" in out

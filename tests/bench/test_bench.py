@@ -18,8 +18,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from assistant.bench import core as b
-from assistant.cli.bench import bench
+from assistant.bench import config, corpus, machine, report, summary, worker
+from assistant.bench import targets as bench_targets
+from assistant.bench import run as bench_run
+from assistant.cli.bench import views
+from assistant.cli.bench.command import bench
 from assistant.guard import OneLineErrorGroup as _Group
 from assistant.store.gguf_file import read_gguf
 from assistant.store.lockfile import FileSource, HfSource, load_lock
@@ -71,7 +74,7 @@ def positive(x) -> bool:
 
 def test_json_schema_machine_and_config(cli_run):
     data, _, stderr = cli_run
-    assert data["schema"] == b.SCHEMA
+    assert data["schema"] == summary.SCHEMA
     assert set(data) >= {"command", "started", "config", "machine", "load_average", "rows", "prompt_cache"}
     assert data["command"].startswith(f"assistant bench {MODEL} --threads 1,2 --prompt-tokens 32 --gen-tokens 16")
     m = data["machine"]
@@ -152,10 +155,10 @@ def test_out_csv_and_png_files(cli_run):
 
 def test_baseline_against_itself_is_one_and_against_a_rerun_is_near_one(cli_run, tmp_path):
     data, files, _ = cli_run
-    same = b.baseline_ratios(data, data)
+    same = report.baseline_ratios(data, data)
     assert len(same) == 2
     for r in same:
-        for f in b.RATIO_FIGURES:
+        for f in report.RATIO_FIGURES:
             assert r[f] == pytest.approx(1.0)
     r = invoke(MODEL, "--threads", "1", "--prompt-tokens", "32", "--gen-tokens", "16", "--reps", "1", "--warmup", "0",
                "--cache-prefix", "0", "--baseline", str(files["out"]), "--json")
@@ -167,29 +170,69 @@ def test_baseline_against_itself_is_one_and_against_a_rerun_is_near_one(cli_run,
     assert ratios[0]["peak_rss_bytes"] == pytest.approx(1.0, rel=0.2)  # memory does not depend on the load
     # speeds on a shared machine can differ many-fold between runs: check the arithmetic, not the speed
     old = next(x for x in data["rows"] if x["threads"] == 1)
-    for f in b.RATIO_FIGURES:
+    for f in report.RATIO_FIGURES:
         assert positive(ratios[0][f]), f
         assert ratios[0][f] * old[f] == pytest.approx(rerun["rows"][0][f]), f
 
 
 def test_table_view_prints_rows_and_errors(cli_run):
     data, _, _ = cli_run
-    run = b.BenchRun.from_dict(data)
+    run = summary.BenchRun.from_dict(data)
     assert run.to_dict() == data  # a saved run round-trips
     from rich.console import Console
 
     console = Console(file=io.StringIO(), width=200)
-    b.print_report(run, b.baseline_ratios(data, data), console=console)
+    views.print_report(run, report.baseline_ratios(data, data), console=console)
     text = console.file.getvalue()
     assert MODEL in text and "decode tok/s" in text and "prompt cache" in text and "ratio to baseline" in text
-    md = b.markdown(run)
+    md = report.markdown(run)
     assert md.count("\n| smollm2") == 4  # two speed rows, two cache rows
-    busy = b.BenchRun.from_dict(data)
+    busy = summary.BenchRun.from_dict(data)
     busy.rows[1].other_load_cores = 1.3
     busy.rows[0].other_load_cores = 0.0
-    assert [line.split(" ran ")[0] for line in b.disturbed_lines(busy)] == [f"{MODEL} at 2 thread(s)"]
-    assert "- note: " in b.markdown(busy) and "re-run on a quiet machine" in b.markdown(busy)
+    assert [line.split(" ran ")[0] for line in report.disturbed_lines(busy)] == [f"{MODEL} at 2 thread(s)"]
+    assert "- note: " in report.markdown(busy) and "re-run on a quiet machine" in report.markdown(busy)
 
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_a_narrow_terminal_splits_the_table_and_never_cuts_a_figure(cli_run, width):
+    """At 80 columns rich used to shorten every figure to `0.…`; now the table is split in parts."""
+    from rich.console import Console
+
+    data, _, _ = cli_run
+    run = summary.BenchRun.from_dict(data)
+    ratios = report.baseline_ratios(data, data)
+    console = Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None)
+    views.print_report(run, ratios, console=console)
+    text = console.file.getvalue()
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= width
+    cells = [c for r in run.rows for c in report.speed_cells(r)[1:]]
+    cells += [c for r in run.prompt_cache for c in report.cache_cells(r)[1:]]
+    cells += [report.fmt(r[f], ".3f") for r in ratios for f in report.RATIO_FIGURES]
+    rows = [" ".join(line.split()) for line in text.splitlines()]
+    for cell in filter(None, cells):
+        assert any(cell in row for row in rows), cell  # whole, on one line
+    wide = Console(file=io.StringIO(), width=400, force_terminal=True, color_system=None)
+    views.print_report(run, ratios, console=wide)
+    table_lines = lambda out: sum(line.startswith(f"  {MODEL} ") for line in out.splitlines())  # noqa: E731
+    once = len(run.rows) + len(run.prompt_cache) + len(ratios)
+    assert table_lines(wide.file.getvalue()) == once  # wide enough: one table each, as before
+    assert table_lines(text) > once  # narrow: the key columns repeat in each part
+
+
+def test_names_in_the_bench_report_are_text_not_markup(cli_run):
+    from rich.console import Console
+
+    data, _, _ = cli_run
+    run = summary.BenchRun.from_dict(data)
+    for r in run.rows:
+        r.model = "[/bold]odd [b, a]"
+    run.rows[0].status, run.rows[0].error = "error", "cannot open [/tmp/x].gguf"
+    console = Console(file=io.StringIO(), width=200)
+    views.print_report(run, console=console)
+    text = console.file.getvalue()
+    assert "[/bold]odd [b, a]" in text and "cannot open [/tmp/x].gguf" in text
 
 def test_library_reports_broken_models_in_their_rows(model_copy, default_gguf, tmp_path):
     """A truncated file fails our GGUF check; a file whose architecture is unknown gets past it
@@ -203,12 +246,12 @@ def test_library_reports_broken_models_in_their_rows(model_copy, default_gguf, t
     bad_arch.write_bytes(bytes(data))
     assert read_gguf(bad_arch).architecture == "zzzzz"
 
-    cfg = b.BenchConfig(
+    cfg = config.BenchConfig(
         models=(str(model_copy), MODEL, str(bad_arch)), threads=(1,), prompt_tokens=(24,), gen_tokens=8,
         reps=1, warmup=0, cache_prefix=0, bandwidth_bytes=64 << 20, bandwidth_reps=2,
     )
     messages = []
-    run = b.run_bench(cfg, on_progress=messages.append, cache=HashCache(tmp_path / "h.json"))
+    run = bench_run.run_bench(cfg, on_progress=messages.append, cache=HashCache(tmp_path / "h.json"))
     by_model = {Path(r.model).name: r for r in run.rows}
     assert list(by_model) == ["copy.gguf", MODEL, "bad-arch.gguf"]
     assert by_model["copy.gguf"].status == "error" and "truncated" in by_model["copy.gguf"].error
@@ -219,10 +262,10 @@ def test_library_reports_broken_models_in_their_rows(model_copy, default_gguf, t
     assert len(good.runs) == 1 and good.runs[0]["generated_tokens"] == 8
     assert any("error" in m for m in messages) and any("ok" in m for m in messages)
     out = tmp_path / "run.csv"
-    b.write_text(out, b.to_csv(run))
+    report.write_text(out, report.to_csv(run))
     rows = list(csv.DictReader(out.open()))
     assert [r["status"] for r in rows] == ["error", "ok", "error"]
-    assert b.error_lines(run)[0].startswith(str(model_copy))
+    assert report.error_lines(run)[0].startswith(str(model_copy))
 
 
 @pytest.mark.parametrize(
@@ -277,19 +320,19 @@ def test_default_models_are_the_default_plus_present_lock_entries(tmp_path, defa
         entry("student-q4", FileSource("student.gguf"), data=data, context_length=2048),
         entry("absent", HfSource("o/r", "a" * 40, "x.gguf"), size=10, sha256="b" * 64),
     )
-    targets = b.select_targets([], lock, HashCache(tmp_path / "h.json"))
+    targets = bench_targets.select_targets([], lock, HashCache(tmp_path / "h.json"))
     assert [t.name for t in targets] == [MODEL, "student-q4"]
     assert all(t.model is not None and t.error is None for t in targets)
     assert targets[1].model.sha256 == sha256_file(local)
     # a present file that fails its pin is an error row, not a crash
     local.write_bytes(data[:-1] + b"\0")
-    targets = b.select_targets([], lock, HashCache(tmp_path / "h2.json"))
+    targets = bench_targets.select_targets([], lock, HashCache(tmp_path / "h2.json"))
     assert targets[1].model is None and "sha256" in targets[1].error
 
 
 def test_model_cost_of_the_embedded_model(default_gguf):
     info = read_gguf(default_gguf)
-    cost = b.model_cost(info)
+    cost = bench_targets.model_cost(info)
     tensor_bytes = sum(t.n_bytes for t in info.tensors)
     assert "output.weight" not in {t.name for t in info.tensors}  # tied: the embedding is the output matrix
     assert cost.weight_bytes == tensor_bytes <= info.file_size
@@ -301,34 +344,34 @@ def test_model_cost_reads_one_embedding_row_when_untied(default_gguf):
     info = read_gguf(default_gguf)
     embd = next(t for t in info.tensors if t.name == "token_embd.weight")
     untied = replace(info, tensors=[*info.tensors, replace(embd, name="output.weight")])
-    cost = b.model_cost(untied)
-    assert cost.weight_bytes == b.model_cost(info).weight_bytes + embd.n_bytes // embd.shape[1]
+    cost = bench_targets.model_cost(untied)
+    assert cost.weight_bytes == bench_targets.model_cost(info).weight_bytes + embd.n_bytes // embd.shape[1]
 
 
 def test_code_prompts_are_exact_real_and_different():
-    files = b.code_files()
+    files = corpus.code_files()
     assert len(files) >= 8 and all(f.endswith(".py") for f in files)
     tokenize = lambda text: text.split()  # noqa: E731  (a word "tokenizer" is enough to check the slicing)
-    prompts = [b.code_prompt(tokenize, ["<s>"], n, i, files) for i, n in enumerate((2, 7, 50, 3000))]
+    prompts = [corpus.code_prompt(tokenize, ["<s>"], n, i, files) for i, n in enumerate((2, 7, 50, 3000))]
     assert [len(p) for p in prompts] == [2, 7, 50, 3000]
     assert all(p[0] == "<s>" for p in prompts)
-    a, c = b.code_prompt(tokenize, [], 64, 0, files), b.code_prompt(tokenize, [], 64, 1, files)
-    assert a != c and b.code_prompt(tokenize, [], 64, 0, files) == a  # deterministic, different per index
-    mid = b.code_prompt(tokenize, [], 64, 0, files, middle=True)
+    a, c = corpus.code_prompt(tokenize, [], 64, 0, files), corpus.code_prompt(tokenize, [], 64, 1, files)
+    assert a != c and corpus.code_prompt(tokenize, [], 64, 0, files) == a  # deterministic, different per index
+    mid = corpus.code_prompt(tokenize, [], 64, 0, files, middle=True)
     assert mid != a
 
 
 def test_small_pure_helpers(tmp_path):
-    assert b.parse_int_list("1, 2,2,4", "--threads") == (1, 2, 4)
-    assert b.percentile([3.0, 1.0, 2.0], 50) == 2.0
-    assert b.percentile([1.0, 2.0], 90) == pytest.approx(1.9)
-    assert b.percentile([5.0], 90) == 5.0
-    assert b.simd_flags("CPU : SSE3 = 1 | AVX = 1 | AVX512 = 0 | LLAMAFILE = 1 | ") == ["SSE3", "AVX", "LLAMAFILE"]
-    crash = b.parse_worker_output(-6, "", "load...\nGGML_ASSERT(x) failed\n")
+    assert config.parse_int_list("1, 2,2,4", "--threads") == (1, 2, 4)
+    assert summary.percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert summary.percentile([1.0, 2.0], 90) == pytest.approx(1.9)
+    assert summary.percentile([5.0], 90) == 5.0
+    assert machine.simd_flags("CPU : SSE3 = 1 | AVX = 1 | AVX512 = 0 | LLAMAFILE = 1 | ") == ["SSE3", "AVX", "LLAMAFILE"]
+    crash = bench_run.parse_worker_output(-6, "", "load...\nGGML_ASSERT(x) failed\n")
     assert crash["status"] == "error" and "signal 6" in crash["error"] and "GGML_ASSERT" in crash["error"]
-    noise = b.parse_worker_output(0, "llama noise\n" + b.RESULT_MARK + '{"status": "ok", "x": 1}\n', "")
+    noise = bench_run.parse_worker_output(0, "llama noise\n" + worker.RESULT_MARK + '{"status": "ok", "x": 1}\n', "")
     assert noise == {"status": "ok", "x": 1}
-    assert b.parse_worker_output(1, "garbage", "")["error"] == "benchmark process failed (exit code 1)"
+    assert bench_run.parse_worker_output(1, "garbage", "")["error"] == "benchmark process failed (exit code 1)"
 
 
 def test_power_source_reads_what_the_os_says(tmp_path):
@@ -338,23 +381,43 @@ def test_power_source_reads_what_the_os_says(tmp_path):
         for k, v in files.items():
             (d / k).write_text(v + "\n")
 
-    assert b.power_source(tmp_path / "none", "Linux") == "unknown"
+    assert machine.power_source(tmp_path / "none", "Linux") == "unknown"
     (tmp_path / "ps").mkdir()
-    assert b.power_source(tmp_path / "ps", "Linux") == "unknown"
+    assert machine.power_source(tmp_path / "ps", "Linux") == "unknown"
     tmp_path = tmp_path / "ps"
     supply("AC", type="Mains", online="1")
     supply("BAT0", type="Battery", status="Charging")
-    assert b.power_source(tmp_path, "Linux") == "ac"
+    assert machine.power_source(tmp_path, "Linux") == "ac"
     (tmp_path / "BAT0" / "status").write_text("Discharging\n")
     (tmp_path / "AC" / "online").write_text("0\n")
-    assert b.power_source(tmp_path, "Linux") == "battery"
-    assert b.power_source(tmp_path, "Windows") == "unknown"
+    assert machine.power_source(tmp_path, "Linux") == "battery"
+    assert machine.power_source(tmp_path, "Windows") == "unknown"
 
 
 def test_the_command_module_imports_nothing_heavy():
     code = (
-        "import sys, assistant.cli.bench; "
-        "print([m for m in ('llama_cpp', 'rich', 'matplotlib', 'numpy', 'torch', 'assistant.bench.core') if m in sys.modules])"
+        "import sys, assistant.cli.bench.command; "
+        "print([m for m in ('llama_cpp', 'rich', 'matplotlib', 'numpy', 'torch', 'assistant.bench.run', "
+        "'assistant.bench.report', 'assistant.cli.bench.views') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("module", ["assistant.bench.worker", "assistant.bench"])
+def test_the_worker_entry_point_imports_no_command_line(module):
+    """The probe/worker processes load only the library: no Typer app, no CLI module, no rich."""
+    spec = json.dumps({"bandwidth_bytes": 1 << 20, "bandwidth_reps": 1})
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--probe"], input=spec,
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = bench_run.parse_worker_output(done.returncode, done.stdout, done.stderr)
+    assert result["status"] == "ok" and result["bandwidth_bytes_per_s"] > 0
+    imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert not {m for m in imported if m.startswith(("assistant.cli", "typer", "rich"))}, sorted(imported)
+
+
+def test_the_worker_module_refuses_an_unknown_mode():
+    done = subprocess.run([sys.executable, "-m", "assistant.bench.worker", "--nope"], input="{}",
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 1 and done.stderr.strip().startswith("usage: python -m assistant.bench.worker")

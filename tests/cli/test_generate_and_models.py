@@ -111,7 +111,7 @@ def test_sha_mismatch_names_path_expected_actual_and_fix(tmp_path, model_copy):
     lock = make_lock(tmp_path, entry("copy", data=data))
     (tmp_path / "copy.gguf").write_bytes(data[:-1] + b"\x01")
     r = run("generate", "hi", "--model", "copy", "--lock", str(lock.path))
-    assert_one_line_error(r, "sha256 mismatch", str(tmp_path / "copy.gguf"), lock.get("copy").sha256, "assistant models pull copy")
+    assert_one_line_error(r, "sha256 mismatch", str(tmp_path / "copy.gguf"), lock.get("copy").sha256, "restore the file")  # pull cannot restore a file source
 
 
 def test_models_list_and_verify_json():

@@ -10,7 +10,8 @@ from assistant.codegen.codet import run_matrix
 from assistant.evaluation.run import EvalConfig, run_eval
 from assistant.errors import AssistantError, UsageError
 from assistant.evaluation.humaneval import hidden_test_program, load_problems
-from assistant.sandbox.runner import Limits, run_many
+from assistant.sandbox.limits import Limits
+from assistant.sandbox.pool import run_many
 
 PROBLEMS = load_problems()
 

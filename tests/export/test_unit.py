@@ -87,7 +87,7 @@ def write_config(d: Path, **fields) -> Path:
 
 def test_a_non_llama_directory_names_the_architecture_it_found(tmp_path):
     d = write_config(tmp_path / "m", architectures=["GPT2LMHeadModel"], model_type="gpt2")
-    with pytest.raises(ExportError, match="not a Llama checkpoint: config.json names GPT2LMHeadModel"):
+    with pytest.raises(ExportError, match="not a Llama or Qwen2 checkpoint: config.json names GPT2LMHeadModel"):
         read_checkpoint(d)
     d = write_config(tmp_path / "n", model_type="mistral")
     with pytest.raises(ExportError, match="model_type 'mistral'"):

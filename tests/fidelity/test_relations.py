@@ -17,15 +17,16 @@ from hypothesis import strategies as st
 from assistant.errors import UsageError
 from assistant.fidelity.tasks import normalize_code, names_tests_use
 from assistant.evaluation.humaneval import hidden_test_program, load_problems
-from assistant.fidelity.relations import (
+from assistant.fidelity.relations.registry import (
     RELATIONS,
     NotApplicable,
     apply_relation,
     default_relations,
-    negate,
     parse_relations,
 )
-from assistant.sandbox.runner import Limits, run_program
+from assistant.fidelity.relations.rewrites import negate
+from assistant.sandbox.limits import Limits
+from assistant.sandbox.runner import run_program
 
 PROBLEMS = load_problems()
 STDLIB = Path(sysconfig.get_paths()["stdlib"])

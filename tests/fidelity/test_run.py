@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from assistant.fidelity import run as fid
 from assistant.guard import OneLineErrorGroup as _Group
 from assistant.runtime.engine import Engine, EngineConfig
-from assistant.cli.fidelity import fidelity
+from assistant.cli.fidelity.command import fidelity
 from assistant.fidelity.scoring import VocabCheck, chunk_stats, compare_vocab
 from assistant.fidelity.tasks import (
     ORIGINAL,
@@ -29,10 +29,11 @@ from assistant.fidelity.tasks import (
     normalize_code,
     split_marked,
 )
-from assistant.cli.fidelity_views import markdown, print_report
+from assistant.cli.fidelity.views import markdown, print_report
 from assistant.evaluation.humaneval import DatasetError, load_problems
 from assistant.store.resolve import HashCache, resolve
-from assistant.sandbox.runner import Limits, run_many
+from assistant.sandbox.limits import Limits
+from assistant.sandbox.pool import run_many
 from export.requantize import requantize
 
 PROBLEMS = load_problems()
@@ -236,7 +237,7 @@ def test_completion_judgement_executes_in_the_sandbox():
     task = CompletionTask([p], run_programs)
     v = Variant(p.task_id, ORIGINAL, p.prompt, problem=p)
     good = f"```python\n{p.prompt}{p.canonical_solution}```"
-    also_good = f"```python\ndef truncate_number(number: float) -> float:\n    return number - int(number)\n```"
+    also_good = "```python\ndef truncate_number(number: float) -> float:\n    return number - int(number)\n```"
     wrong = "```python\ndef truncate_number(number: float) -> float:\n    return 0.5\n```"
     j = task.judge([v, v, v, v], [good, also_good, wrong, "no code at all"], "chat")
     assert [x.passed for x in j] == [True, True, False, False]
@@ -309,7 +310,7 @@ def test_teacher_against_itself_agrees_everywhere(self_run):
 def different(tmp_path_factory, lock):
     """The embedded Q4_1 model against a Q2_K re-quantization of itself: a deliberately different model."""
     d = tmp_path_factory.mktemp("q2k")
-    q = requantize(resolve(None, lock, HashCache(d / "h.json")).path, "Q2_K", d / "smollm2.Q2_K.gguf")
+    q = requantize(resolve(MODEL, lock, HashCache(d / "h.json")).path, "Q2_K", d / "smollm2.Q2_K.gguf")
     model = resolve(str(q.path), lock, HashCache(d / "h.json"))
     with Engine(model, EngineConfig(n_ctx=2048)) as e:
         yield e

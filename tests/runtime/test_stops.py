@@ -1,7 +1,9 @@
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from assistant.runtime.stops import StopFilter, apply_stops
+from assistant.errors import UsageError
+from assistant.runtime.stops import StopFilter, apply_stops, unescape
 
 
 def stream(chunks, stops):
@@ -54,3 +56,26 @@ def test_any_chunking_gives_the_unchunked_answer(text, stops, cuts):
     assert joined == text[: min(hits, default=len(text))]
     for s in stops:
         assert s not in joined
+
+
+@pytest.mark.parametrize(
+    "raw, meant",
+    [
+        (r"\ndef ", "\ndef "),
+        (r"\n\n", "\n\n"),
+        (r"\t", "\t"),
+        (r"a\\n", "a\\n"),
+        (r"\x41\u00e9\U0001F600", "Aé😀"),
+        ("</s>", "</s>"),
+        (r"\"", '"'),
+    ],
+)
+def test_unescape_gives_what_the_user_meant(raw, meant):
+    assert unescape(raw) == meant
+
+
+@pytest.mark.parametrize("raw, needle", [(r"\q", "unknown escape"), ("end\\", "lone backslash"),
+                                         (r"\x4", "needs 2 hex digits"), (r"\uD800", "not a Unicode character")])
+def test_bad_escapes_are_usage_errors(raw, needle):
+    with pytest.raises(UsageError, match=needle):
+        unescape(raw)

@@ -12,23 +12,28 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from assistant.sandbox import child
 from assistant.sandbox import runner as sandbox
-from assistant.sandbox.runner import Limits, Outcome, Program, classify, isolation_report, run_many, run_program
+from assistant.sandbox.limits import Limits
+from assistant.sandbox.outcomes import ExecResult, Outcome, classify
+from assistant.sandbox.pool import Program, run_many
+from assistant.sandbox.runner import isolation_report, run_program
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the sandbox needs a POSIX system")
 
 QUICK = Limits(timeout_s=10)
 
 
-def run(source: str, **limits) -> sandbox.ExecResult:
+def run(source: str, **limits) -> ExecResult:
     return run_program(source, Limits(**{"timeout_s": 10, **limits}))
 
 
-def cwd_of(result: sandbox.ExecResult) -> str:
+def cwd_of(result: ExecResult) -> str:
     """Programs below print their working directory on their first line."""
     return result.stdout.splitlines()[0]
 
@@ -50,17 +55,6 @@ def snapshot(root: Path) -> dict[str, tuple[int, bytes]]:
     return {str(p): (p.stat().st_mode, p.read_bytes() if p.is_file() else b"") for p in sorted(root.rglob("*"))}
 
 
-@pytest.fixture
-def protected(tmp_path) -> Path:
-    """A directory of the test's own that no sandboxed program may change."""
-    d = tmp_path / "protected"
-    d.mkdir()
-    (d / "keep.txt").write_text("precious")
-    (d / "sub").mkdir()
-    (d / "sub" / "also.txt").write_text("also precious")
-    return d
-
-
 # -- how pass/fail is decided ---------------------------------------------------------------------
 
 
@@ -73,12 +67,14 @@ def test_a_passing_program_passes_and_its_output_is_captured():
 
 
 def test_a_failing_assertion_is_failed_with_its_line():
-    program = "def add(a, b):\n    return a - b\n\ndef check(candidate):\n    assert candidate(1, 2) == 3\n\ncheck(add)\n"
+    program = (
+        "def add(a, b):\n    return a - b\n\ndef check(candidate):\n    assert candidate(1, 2) == 3\n\ncheck(add)\n"
+    )
     r = run(program)
     assert r.outcome is Outcome.FAILED and not r.passed
     assert r.detail.startswith("AssertionError")
     assert "line 5: assert candidate(1, 2) == 3" in r.detail
-    assert r.exit_code == 1 and "Traceback" in r.stderr and "sandbox.py" not in r.stderr.splitlines()[1]
+    assert r.exit_code == 1 and "Traceback" in r.stderr and "child.py" not in r.stderr.splitlines()[1]
 
 
 def test_an_assertion_message_is_kept():
@@ -150,7 +146,7 @@ def test_exit_status_after_the_end_still_counts():
 
 def test_the_program_runs_as_main_with_its_own_file():
     r = run("import sys, os\nassert __name__ == '__main__'\nprint(os.path.basename(__file__), sys.argv == [__file__])")
-    assert r.passed and r.stdout == f"{sandbox.PROGRAM_NAME} True\n"
+    assert r.passed and r.stdout == f"{child.PROGRAM_NAME} True\n"
 
 
 # -- resources ------------------------------------------------------------------------------------
@@ -165,7 +161,7 @@ def test_an_infinite_loop_times_out_on_time():
 
 
 def test_a_sleeping_program_times_out_too():
-    r = run("import time\nprint('started', flush=True)\ntime.sleep(60)\n", timeout_s=0.5)
+    r = run("import time\nprint('started', flush=True)\ntime.sleep(60)\n", timeout_s=2)
     assert r.outcome is Outcome.TIMEOUT and r.stdout == "started\n"  # output before the kill is kept
 
 
@@ -223,13 +219,20 @@ def test_a_segfault_is_crashed_with_sigsegv():
 
 
 def test_spawning_is_blocked_by_default():
-    for program in ("import os\nos.fork()", "import subprocess\nsubprocess.run(['true'])", "import os\nos.system('true')"):
+    for program in (
+        "import os\nos.fork()",
+        "import subprocess\nsubprocess.run(['true'])",
+        "import os\nos.system('true')",
+    ):
         r = run(program)
         assert r.outcome is Outcome.FAILED and r.detail.startswith("PermissionError"), r.detail
 
 
 def test_subprocesses_can_be_allowed():
-    r = run("import subprocess, sys\nprint(subprocess.run([sys.executable, '-c', 'print(6 * 7)'], capture_output=True, text=True).stdout)", allow_subprocess=True)
+    r = run(
+        "import subprocess, sys\nprint(subprocess.run([sys.executable, '-c', 'print(6 * 7)'], capture_output=True, text=True).stdout)",
+        allow_subprocess=True,
+    )
     assert r.passed, r.stderr
     assert r.stdout.strip() == "42"
 
@@ -285,9 +288,11 @@ def test_the_working_directory_is_fresh_and_removed_even_after_chmod():
     dirs = {cwd_of(first), cwd_of(second)}
     assert len(dirs) == 2
     for d in dirs:
-        assert os.path.dirname(d) == os.path.realpath(tempfile.gettempdir()) or os.path.dirname(d) == tempfile.gettempdir()
+        assert (
+            os.path.dirname(d) == os.path.realpath(tempfile.gettempdir()) or os.path.dirname(d) == tempfile.gettempdir()
+        )
         assert not os.path.exists(d)
-    assert first.stdout.splitlines()[1] == f"['{sandbox.PROGRAM_NAME}']"
+    assert first.stdout.splitlines()[1] == f"['{child.PROGRAM_NAME}']"
 
 
 def test_files_are_written_into_the_working_directory_and_extra_path_is_importable(tmp_path):
@@ -311,7 +316,7 @@ def test_files_are_written_into_the_working_directory_and_extra_path_is_importab
     assert (lib / "extmod.py").read_text() == "def triple(x):\n    return 3 * x\n"
 
 
-@pytest.mark.parametrize("name", ["../escape.py", "/etc/escape.py", "", sandbox.PROGRAM_NAME, "a/../../b"])
+@pytest.mark.parametrize("name", ["../escape.py", "/etc/escape.py", "", child.PROGRAM_NAME, "a/../../b"])
 def test_file_names_that_leave_the_directory_are_refused(name):
     with pytest.raises(ValueError):
         run_program("pass", QUICK, files={name: "x"})
@@ -323,7 +328,7 @@ def test_writing_outside_the_working_directory_fails(protected):
     before = snapshot(protected)
     program = f"""
 import ctypes, os
-for path in ({str(target)!r}, {str(shared)!r}, {str(protected / 'keep.txt')!r}):
+for path in ({str(target)!r}, {str(shared)!r}, {str(protected / "keep.txt")!r}):
     try:
         with open(path, "w") as f:
             f.write("escaped")
@@ -382,14 +387,14 @@ import ctypes, os, shutil
 print(os.getcwd())
 for name in os.listdir("."):
     os.remove(name)
-for attempt in (lambda: os.remove({str(protected / 'keep.txt')!r}), lambda: shutil.rmtree({str(protected)!r})):
+for attempt in (lambda: os.remove({str(protected / "keep.txt")!r}), lambda: shutil.rmtree({str(protected)!r})):
     try:
         attempt()
         print("python deleted")
     except OSError as e:
         print("python refused", type(e).__name__)
 libc = ctypes.CDLL(None, use_errno=True)
-print("libc", libc.unlink({str(protected / 'sub' / 'also.txt')!r}.encode()))
+print("libc", libc.unlink({str(protected / "sub" / "also.txt")!r}.encode()))
 shutil.rmtree(os.getcwd(), ignore_errors=True)
 """
     r = run(program)
@@ -403,21 +408,25 @@ shutil.rmtree(os.getcwd(), ignore_errors=True)
 
 def test_the_callers_home_is_hidden_where_mounts_work():
     iso = isolation_report()
-    if not iso.hidden:
-        pytest.skip(f"nothing hidden here: {iso.notes}")
-    home = iso.hidden[0]
+    home = os.path.realpath(os.path.expanduser("~"))
+    if home not in iso.hidden:
+        pytest.skip(f"the home directory is not hidden here: {iso.notes}")
     r = run(f"import os\nprint(sorted(os.listdir({home!r})))")
     assert r.passed, r.stderr
     seen = set(eval(r.stdout))
-    needed = {Path(os.path.realpath(p)).relative_to(home).parts[0]
-              for p in [*sys.path, sys.prefix, sys.base_prefix] if p and os.path.realpath(p).startswith(home + os.sep)}
+    needed = {
+        Path(os.path.realpath(p)).relative_to(home).parts[0]
+        for p in [*sys.path, sys.prefix, sys.base_prefix]
+        if p and os.path.realpath(p).startswith(home + os.sep)
+    }
     assert seen <= needed
 
 
 # -- network, environment, processes ---------------------------------------------------------------
 
 
-def test_no_connection_reaches_a_listening_server():
+@pytest.mark.parametrize("mode", ["auto", "none"])
+def test_no_connection_reaches_a_listening_server(mode):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
         server.bind(("127.0.0.1", 0))
         server.listen(8)
@@ -434,16 +443,17 @@ fd = libc.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
 address = struct.pack("=H", socket.AF_INET) + struct.pack("!H", {port}) + bytes([127, 0, 0, 1]) + bytes(8)
 print("libc", libc.connect(fd, address, 16), ctypes.get_errno())
 """
-        r = run(program)
+        r = run_program(program, Limits(timeout_s=10), mode=mode)
         assert r.passed, r.stderr
         assert "python refused PermissionError" in r.stdout
-        if r.isolation.network:  # the kernel refuses too: no route in an empty network namespace
+        # The kernel refuses too: no route in an empty network namespace, or no socket at all (seccomp).
+        if r.isolation.network or r.isolation.seccomp:
             assert "libc -1" in r.stdout
             server.settimeout(0.3)
             with pytest.raises(socket.timeout):
                 server.accept()
         else:
-            pytest.skip("no network namespace here: only the audit hook guards the network")
+            pytest.skip("no network namespace and no seccomp here: only the audit hook guards the network")
 
 
 def test_the_environment_is_scrubbed(monkeypatch):
@@ -464,7 +474,9 @@ for pid in ({os.getpid()}, 1):
     r = run(program)
     assert r.passed, r.stderr
     assert secret not in r.stdout + r.stderr
-    assert eval(r.stdout.splitlines()[1]) == sorted(["PATH", "LANG", "HOME", "TMPDIR", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE"])
+    assert eval(r.stdout.splitlines()[1]) == sorted(
+        ["PATH", "LANG", "HOME", "TMPDIR", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE"]
+    )
 
 
 def test_the_hash_seed_is_fixed():
@@ -491,13 +503,14 @@ def test_isolation_report_is_cached_and_consistent():
     if first.mode != "none":
         assert first.network and first.pid
     r = run("pass")
-    assert r.isolation == first
+    assert r.isolation is not None and replace(r.isolation, uid=first.uid) == first
 
 
 def test_without_namespaces_the_verdicts_are_the_same():
     """The fallback every machine can take: rlimits, audit hook, process-group kill."""
+
     def plain(src, **kw):
-        return sandbox._execute(src, Limits(**{"timeout_s": 10, **kw}), None, sys.executable, (), "none")
+        return run_program(src, Limits(**{"timeout_s": 10, **kw}), mode="none")
 
     ok = plain("print('hi')")
     assert ok.passed and ok.stdout == "hi\n" and ok.isolation.mode == "none" and not ok.isolation.network
@@ -505,8 +518,8 @@ def test_without_namespaces_the_verdicts_are_the_same():
     assert plain("import os\nos._exit(0)").detail.startswith("exited before the end")
     assert plain("import ctypes\nctypes.string_at(0)").signal == "SIGSEGV"
     assert plain("import socket\nsocket.create_connection(('127.0.0.1', 9))").detail.startswith("PermissionError")
-    slow = plain("import time\nprint(__import__('os').getcwd(), flush=True)\ntime.sleep(60)", timeout_s=0.5)
-    assert slow.outcome is Outcome.TIMEOUT and slow.duration_s < 2
+    slow = plain("import time\nprint(__import__('os').getcwd(), flush=True)\ntime.sleep(60)", timeout_s=2)
+    assert slow.outcome is Outcome.TIMEOUT and slow.duration_s < 4
     assert not os.path.exists(cwd_of(slow))
 
 
@@ -516,15 +529,12 @@ def test_without_namespaces_the_verdicts_are_the_same():
 @pytest.mark.slow
 def test_run_many_keeps_order_and_runs_in_parallel():
     programs = [f"import time\nstart = time.time()\ntime.sleep(0.5)\nprint({i}, start, time.time())" for i in range(8)]
-    started = time.monotonic()
     results = run_many(programs, QUICK, workers=4)
-    elapsed = time.monotonic() - started
     assert all(r.passed for r in results)
     rows = [r.stdout.split() for r in results]
     assert [int(row[0]) for row in rows] == list(range(8))
     spans = sorted((float(row[1]), float(row[2])) for row in rows)
     assert max(sum(a < end and start < b for a, b in spans) for start, end in spans) >= 2  # overlapping runs
-    assert elapsed < 3.5  # serially: more than 4 s
 
 
 def test_run_many_takes_programs_with_files_and_mixed_outcomes():
@@ -534,7 +544,7 @@ def test_run_many_takes_programs_with_files_and_mixed_outcomes():
         "assert False",
         "while True: pass",
     ]
-    results = run_many(jobs, Limits(timeout_s=1), workers=2)
+    results = run_many(jobs, Limits(timeout_s=3), workers=2)  # room for start-up on a loaded machine
     assert [r.outcome for r in results] == [Outcome.PASSED, Outcome.PASSED, Outcome.FAILED, Outcome.TIMEOUT]
     assert run_many([], QUICK) == []
 
@@ -562,8 +572,18 @@ def test_classify_reads_the_monitors_report():
     assert hard[0] is Outcome.RESOURCE_LIMIT
     killed = classify({"exit_code": None, "signal": signal.SIGKILL, "cpu_s": 0.1, "record": None}, False, lim)
     assert killed[:2] == (Outcome.CRASHED, "killed by SIGKILL")
-    err = {"stage": "error", "type": "ValueError", "message": "bad\nthing", "line": 3, "source": "f()", "resource": None}
-    assert classify({"exit_code": 1, "signal": None, "record": err}, False, lim)[1] == "ValueError: bad thing (line 3: f())"
+    err = {
+        "stage": "error",
+        "type": "ValueError",
+        "message": "bad\nthing",
+        "line": 3,
+        "source": "f()",
+        "resource": None,
+    }
+    assert (
+        classify({"exit_code": 1, "signal": None, "record": err}, False, lim)[1]
+        == "ValueError: bad thing (line 3: f())"
+    )
     assert classify({"exit_code": None, "signal": None}, False, lim)[0] is Outcome.FAILED
     assert classify(None, False, lim)[0] is Outcome.CRASHED
 
@@ -579,8 +599,12 @@ def test_capped_stream_keeps_head_and_tail():
     assert small.text() == "0123456789"
 
 
-def test_last_record_needs_the_nonce():
+def test_last_record_needs_the_nonce_and_takes_the_stage_outside_the_json():
     nonce = b"n" * 32
-    data = b'garbage\n{"stage": "done"}\n' + nonce + b' {"stage": "exit", "code": 0}\n' + b"more garbage"
-    assert sandbox._last_record(data, nonce) == {"stage": "exit", "code": 0}
-    assert sandbox._last_record(b'{"stage": "done"}\n', nonce) is None
+    data = b'garbage\n{"stage": "done"}\n' + nonce + b' exit {"code": 0}\n' + b"more garbage"
+    assert child.last_record(data, nonce) == {"stage": "exit", "code": 0}
+    assert child.last_record(b'done {"stage": "done"}\n', nonce) is None
+    forged = nonce + b' error {"stage": "done", "type": "AssertionError"}\n'  # a patched json cannot change it
+    assert child.last_record(forged, nonce) == {"stage": "error", "type": "AssertionError"}
+    garbled = nonce + b" error {}\n" + nonce + b' error {"stage": "done"\n'
+    assert child.last_record(garbled, nonce) == {"stage": "error"}

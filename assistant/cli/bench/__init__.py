@@ -1,0 +1,1 @@
+"""`assistant bench`: the command and the tables and plots it prints."""

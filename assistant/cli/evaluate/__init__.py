@@ -1,0 +1,1 @@
+"""`assistant eval humaneval`: the command and the tables it prints."""

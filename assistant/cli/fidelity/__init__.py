@@ -1,0 +1,1 @@
+"""`assistant fidelity`: the command and the tables and plots it prints."""

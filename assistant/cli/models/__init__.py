@@ -1,0 +1,1 @@
+"""`assistant models list | verify | path | pull`: the commands and the tables they print."""

@@ -1,0 +1,1 @@
+"""Metamorphic relations: behaviour-preserving rewrites of Python source, by family (see registry.py)."""
