@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from assistant.evaluation.humaneval import hidden_test_program, load_problems
 from assistant.evaluation.infilling import build_tasks, chat_middle, chat_request, fill, spans
 from assistant.sandbox.limits import Limits
@@ -36,6 +38,7 @@ def test_chat_answer_is_reindented_to_the_gap():
     assert got == task.middle
 
 
+@pytest.mark.slow
 def test_chat_route_run_writes_results(engine, tmp_path):
     from assistant.evaluation.infilling import InfillConfig, run_infilling
 

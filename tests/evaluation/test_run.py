@@ -65,8 +65,10 @@ def test_eval_writes_results_and_resumes(engine, tmp_path):
     with open(tmp_path / "problems.jsonl", "a") as f:
         f.write('{"task_id": "HumanEval/2", "n"')
     seen.clear()
-    s = run_eval(engine, cfg, tmp_path, run_programs, limit=3, on_problem=lambda r, i, n: seen.append(r.task_id))
-    assert seen == ["HumanEval/2"] and s.problems == 3
+    s = run_eval(engine, cfg, tmp_path, run_programs, limit=3, on_problem=lambda r, i, n: seen.append((r.task_id, i)))
+    # the saved problems are reported first (so progress starts at 2/3); only HumanEval/2 is run
+    assert seen == [("HumanEval/0", 1), ("HumanEval/1", 2), ("HumanEval/2", 3)] and s.problems == 3
+    assert [json.loads(l)["task_id"] for l in (tmp_path / "samples.jsonl").read_text().splitlines()][-1] == "HumanEval/2"
     assert len((tmp_path / "problems.jsonl").read_text().splitlines()) == 3
 
     with pytest.raises(AssistantError, match="different settings.*max_tokens"):
