@@ -17,19 +17,25 @@ from typer.core import TyperCommand, TyperGroup
 try:  # typer 0.2x vendors its own click; earlier versions use the click package
     from typer._click.exceptions import UsageError as ClickUsageError
 except ImportError:  # pragma: no cover - depends on the installed typer
-    from click.exceptions import UsageError as ClickUsageError
+    from click.exceptions import UsageError as ClickUsageError  # type: ignore[assignment]  # same class, other home
 
 from assistant.errors import AssistantError
 
 INTERRUPTED = "interrupted; nothing was written"
 # Modules only the training/export extras install: a laptop install gets a hint, not a traceback.
 EXTRA_MODULES = {
-    "torch": "distill", "transformers": "distill", "accelerate": "distill", "safetensors": "distill",
-    "gguf": "export", "numpy": "distill", "tokenizers": "distill", "matplotlib": "distill",
+    "torch": "distill",
+    "transformers": "distill",
+    "accelerate": "distill",
+    "safetensors": "distill",
+    "gguf": "export",
+    "numpy": "distill",
+    "tokenizers": "distill",
+    "matplotlib": "distill",
 }
 
 
-def guarded_invoke(invoke: Callable[[typer.Context], Any], ctx: typer.Context) -> Any:
+def guarded_invoke(invoke: Callable[[Any], Any], ctx: Any) -> Any:
     try:
         return invoke(ctx)
     except AssistantError as e:
@@ -43,8 +49,10 @@ def guarded_invoke(invoke: Callable[[typer.Context], Any], ctx: typer.Context) -
         if top not in EXTRA_MODULES:
             raise
         extra = EXTRA_MODULES[top]
-        fail(f"this command needs {top}, which the base install leaves out: "
-             f"pip install 'local-code-assistant[{extra}]'", 1)
+        fail(
+            f"this command needs {top}, which the base install leaves out: pip install 'local-code-assistant[{extra}]'",
+            1,
+        )
 
 
 def usage_error(e: ClickUsageError) -> NoReturn:
@@ -64,26 +72,23 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 class OneLineErrorGroup(TyperGroup):
-    def make_context(
-        self, info_name: str | None, args: list[str], parent: typer.Context | None = None, **extra: Any
-    ) -> typer.Context:
+    # click's Context and typer's share no static type across typer versions: Any, not a lie.
+    def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except ClickUsageError as e:  # the group's own options: `assistant --bogus`
             usage_error(e)
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         return guarded_invoke(super().invoke, ctx)
 
 
 class OneLineErrorCommand(TyperCommand):
-    def make_context(
-        self, info_name: str | None, args: list[str], parent: typer.Context | None = None, **extra: Any
-    ) -> typer.Context:
+    def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except ClickUsageError as e:  # a stand-alone command's own options
             usage_error(e)
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         return guarded_invoke(super().invoke, ctx)

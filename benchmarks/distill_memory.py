@@ -45,7 +45,15 @@ def worker(args) -> dict:
     torch.set_num_threads(args.threads)
 
     def model(layers: int, hidden: int):
-        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+        cfg = LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
         return LlamaForCausalLM(cfg)
 
     teacher_model = model(4, 256).eval().requires_grad_(False)
@@ -93,16 +101,36 @@ def main() -> None:
 
     rows = []
     for mode in ("unchunked", "chunked"):
-        cmd = [sys.executable, __file__, "--worker", mode, *(f"--{k}={getattr(args, k)}" for k in ("steps", "block", "batch", "chunk", "threads"))]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            mode,
+            *(f"--{k}={getattr(args, k)}" for k in ("steps", "block", "batch", "chunk", "threads")),
+        ]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     un, ch = rows
     print(f"{'mode':<10} {'tok/s':>8} {'step s':>8} {'peak RSS MiB':>13} {'loss':>8}")
     for r in rows:
-        print(f"{r['mode']:<10} {r['tokens_per_s']:>8.0f} {r['step_s']:>8.2f} {r['peak_rss_mib']:>13.0f} {r['loss']:>8.4f}")
-    ratios = {"peak_rss_chunked_over_unchunked": ch["peak_rss_mib"] / un["peak_rss_mib"], "tokens_per_s_chunked_over_unchunked": ch["tokens_per_s"] / un["tokens_per_s"]}
-    print(f"peak memory ratio chunked/unchunked: {ratios['peak_rss_chunked_over_unchunked']:.3f}; speed ratio: {ratios['tokens_per_s_chunked_over_unchunked']:.3f}")
-    result = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(), "settings": {k: getattr(args, k) for k in ("steps", "block", "batch", "chunk", "threads")}, "vocab": VOCAB, "rows": rows, "ratios": ratios}
+        print(
+            f"{r['mode']:<10} {r['tokens_per_s']:>8.0f} {r['step_s']:>8.2f} {r['peak_rss_mib']:>13.0f} {r['loss']:>8.4f}"
+        )
+    ratios = {
+        "peak_rss_chunked_over_unchunked": ch["peak_rss_mib"] / un["peak_rss_mib"],
+        "tokens_per_s_chunked_over_unchunked": ch["tokens_per_s"] / un["tokens_per_s"],
+    }
+    print(
+        f"peak memory ratio chunked/unchunked: {ratios['peak_rss_chunked_over_unchunked']:.3f}; speed ratio: {ratios['tokens_per_s_chunked_over_unchunked']:.3f}"
+    )
+    result = {
+        "command": " ".join(sys.argv),
+        "machine": platform.processor() or platform.machine(),
+        "settings": {k: getattr(args, k) for k in ("steps", "block", "batch", "chunk", "threads")},
+        "vocab": VOCAB,
+        "rows": rows,
+        "ratios": ratios,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))

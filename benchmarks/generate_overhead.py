@@ -74,9 +74,24 @@ def cli(threads: int, tokens: int) -> dict:
 
     def once() -> dict:
         done = subprocess.run(
-            [EXE, "generate", PROMPT, "--prompt-style", "completion", "-n", str(tokens), "--threads", str(threads),
-             "--ctx", "2048", "--stats"],
-            capture_output=True, text=True, stdin=subprocess.DEVNULL, check=True,
+            [
+                EXE,
+                "generate",
+                PROMPT,
+                "--prompt-style",
+                "completion",
+                "-n",
+                str(tokens),
+                "--threads",
+                str(threads),
+                "--ctx",
+                "2048",
+                "--stats",
+            ],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            check=True,
         )
         m = STATS_RE.search(done.stderr)
         return {"tokens": int(m.group(2)), "ttft_s": int(m.group(1)) / 1000, "decode_tps": float(m.group(3))}
@@ -120,13 +135,15 @@ def main() -> None:
     rows = []
     for name, runs in samples.items():
         tps = statistics.median(r["decode_tps"] for r in runs)
-        rows.append({
-            "path": name,
-            "tokens": runs[0]["tokens"],
-            "ttft_ms": 1000 * statistics.median(r["ttft_s"] for r in runs),
-            "decode_tps": tps,
-            "ratio_to_raw": tps / base,
-        })
+        rows.append(
+            {
+                "path": name,
+                "tokens": runs[0]["tokens"],
+                "ttft_ms": 1000 * statistics.median(r["ttft_s"] for r in runs),
+                "decode_tps": tps,
+                "ratio_to_raw": tps / base,
+            }
+        )
     start = {
         "assistant --help": startup(["--help"], 5),
         "assistant models path <default> (all of generate before model load)": startup(
@@ -138,7 +155,11 @@ def main() -> None:
         "model": {"name": model.name, "sha256": model.sha256, "quantization": model.gguf.quantization},
         "threads": a.threads,
         "reps": a.reps,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "generation": rows,
         "startup_s": start,
     }
@@ -151,7 +172,9 @@ def main() -> None:
     for col in ("path", "tokens", "TTFT ms", "decode tok/s", "ratio to raw"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["path"], str(r["tokens"]), f"{r['ttft_ms']:.0f}", f"{r['decode_tps']:.1f}", f"{r['ratio_to_raw']:.3f}")
+        t.add_row(
+            r["path"], str(r["tokens"]), f"{r['ttft_ms']:.0f}", f"{r['decode_tps']:.1f}", f"{r['ratio_to_raw']:.3f}"
+        )
     s = Table(title="start-up (median of 5, wall clock)")
     s.add_column("command")
     s.add_column("seconds")

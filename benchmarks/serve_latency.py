@@ -38,6 +38,7 @@ def code_text() -> str:
 def make_case(engine, prefix_tokens: int) -> tuple[str, str]:
     """(prefix, suffix): whole lines of real code, the prefix about ``prefix_tokens`` long, cursor at an indent."""
     lines = code_text().splitlines(keepends=True)
+
     def tokenize(s: str) -> list[int]:
         return engine.llm.tokenize(s.encode(), add_bos=False, special=False)
 
@@ -76,8 +77,14 @@ def stream_once(client, url: str, body: dict) -> dict:
                     pieces += 1
                     text.append(ch["text"])
     end = time.perf_counter()
-    return {"ttft_s": (first or end) - t0, "total_s": end - t0, "first_s": first, "last_s": last,
-            "tokens": usage.get("completion_tokens", pieces), "text": "".join(text)}
+    return {
+        "ttft_s": (first or end) - t0,
+        "total_s": end - t0,
+        "first_s": first,
+        "last_s": last,
+        "tokens": usage.get("completion_tokens", pieces),
+        "text": "".join(text),
+    }
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -123,18 +130,34 @@ def main() -> None:
         engine = handle.engine
         prefix, suffix = make_case(engine, args.prefix_tokens)
         url = srv.url + "/v1/completions"
-        base = {"model": resolved.name, "max_tokens": 32, "temperature": 0, "stop": ["\n"], "stream": True,
-                "stream_options": {"include_usage": True}}
+        base = {
+            "model": resolved.name,
+            "max_tokens": 32,
+            "temperature": 0,
+            "stop": ["\n"],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         stream_once(client, url, {**base, "prompt": "# warm-up\n" + prefix, "suffix": suffix})
         for i in range(args.repeats):
             p = f"# revision {i}\n" + prefix
             rows["cold"].append(stream_once(client, url, {**base, "prompt": p, "suffix": suffix}))
             rows["edit"].append(stream_once(client, url, {**base, "prompt": p + "r", "suffix": suffix}))
         prompt_tokens = len(engine.tokenize(prefix))
-        chat = engine.render(__import__("assistant.runtime.prompts", fromlist=["Request"]).Request(
-            "Write a long Python module with ten small utility functions, each with a docstring."), style="chat")
-        dbody = {"model": resolved.name, "prompt": chat, "max_tokens": args.decode_tokens, "temperature": 0,
-                 "stream": True, "stream_options": {"include_usage": True}}
+        chat = engine.render(
+            __import__("assistant.runtime.prompts", fromlist=["Request"]).Request(
+                "Write a long Python module with ten small utility functions, each with a docstring."
+            ),
+            style="chat",
+        )
+        dbody = {
+            "model": resolved.name,
+            "prompt": chat,
+            "max_tokens": args.decode_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
         for _ in range(max(3, args.repeats // 2)):
             g = engine.generate(chat, Sampling(max_tokens=args.decode_tokens, temperature=0.0))
             decode["engine"].append(g.timings.decode_tps)
@@ -142,12 +165,19 @@ def main() -> None:
             if r["tokens"] > 1 and r["last_s"] and r["first_s"] and r["last_s"] > r["first_s"]:
                 decode["server"].append((r["tokens"] - 1) / (r["last_s"] - r["first_s"]))
     summary = {
-        "model": resolved.name, "sha256": resolved.sha256, "threads": args.threads,
-        "prefix_tokens": prompt_tokens, "repeats": args.repeats, "machine": platform.processor() or platform.machine(),
+        "model": resolved.name,
+        "sha256": resolved.sha256,
+        "threads": args.threads,
+        "prefix_tokens": prompt_tokens,
+        "repeats": args.repeats,
+        "machine": platform.processor() or platform.machine(),
         "latency_ms": {
-            k: {"ttft_p50": pct([r["ttft_s"] for r in v], 0.5) * 1000, "ttft_p90": pct([r["ttft_s"] for r in v], 0.9) * 1000,
+            k: {
+                "ttft_p50": pct([r["ttft_s"] for r in v], 0.5) * 1000,
+                "ttft_p90": pct([r["ttft_s"] for r in v], 0.9) * 1000,
                 "total_p50": pct([r["total_s"] for r in v], 0.5) * 1000,
-                "total_p90": pct([r["total_s"] for r in v], 0.9) * 1000}
+                "total_p90": pct([r["total_s"] for r in v], 0.9) * 1000,
+            }
             for k, v in rows.items()
         },
         "decode_tps": {k: statistics.median(v) if v else 0.0 for k, v in decode.items()},

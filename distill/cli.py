@@ -15,8 +15,8 @@ from typing import List, Optional
 
 import typer
 
-from assistant.guard import OneLineErrorGroup as _Group
 from assistant.errors import UsageError
+from assistant.guard import OneLineErrorGroup as _Group
 
 distill_app = typer.Typer(
     cls=_Group,
@@ -59,24 +59,49 @@ def train_cmd(
     overrides: Optional[List[str]] = SetOpt,
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Token corpus directory (assistant distill corpus)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Lock name, hf-id@revision or HF directory."),
-    logit_cache: Optional[str] = typer.Option(None, "--logit-cache", help="Train from a teacher-logit cache instead of an online teacher."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Run directory (checkpoints, metrics.jsonl, student/)."),
+    logit_cache: Optional[str] = typer.Option(
+        None, "--logit-cache", help="Train from a teacher-logit cache instead of an online teacher."
+    ),
+    out: Optional[str] = typer.Option(
+        None, "--out", "-o", help="Run directory (checkpoints, metrics.jsonl, student/)."
+    ),
     steps: Optional[int] = typer.Option(None, "--steps", help="max_steps."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of the distillation term (0 = CE only)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", "-T", help="Distillation temperature."),
-    nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (torchrun + DDP; gloo on CPU, NCCL on GPUs)."),
-    restart: bool = typer.Option(False, "--restart", help="Discard the run directory's checkpoint instead of resuming."),
+    nproc: int = typer.Option(
+        1, "--nproc", help="Processes on this machine (torchrun + DDP; gloo on CPU, NCCL on GPUs)."
+    ),
+    restart: bool = typer.Option(
+        False, "--restart", help="Discard the run directory's checkpoint instead of resuming."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Distill a student (resumes from the run directory's last checkpoint)."""
-    recipe = _recipe(recipe_path, overrides, corpus=corpus, teacher=teacher, logit_cache=logit_cache, out=out, max_steps=steps, alpha=alpha, temperature=temperature)
+    recipe = _recipe(
+        recipe_path,
+        overrides,
+        corpus=corpus,
+        teacher=teacher,
+        logit_cache=logit_cache,
+        out=out,
+        max_steps=steps,
+        alpha=alpha,
+        temperature=temperature,
+    )
     if nproc > 1:
         raise typer.Exit(launch_distributed(recipe, nproc, restart))
     from distill.display import TrainDisplay
     from distill.train import train
 
     result = train(recipe, restart=restart, display_factory=None if json_out else TrainDisplay)
-    summary = {"student": str(result.student_dir), "steps": result.steps, "tokens": result.tokens, "parameters": result.params, "stopped_early": result.stopped_early, **result.final}
+    summary = {
+        "student": str(result.student_dir),
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "parameters": result.params,
+        "stopped_early": result.stopped_early,
+        **result.final,
+    }
     if json_out:
         typer.echo(json.dumps(summary))
     else:
@@ -97,7 +122,16 @@ def launch_distributed(recipe, nproc: int, restart: bool) -> int:
 
             shutil.rmtree(p, ignore_errors=True)
         (out / "latest").unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "distill.train", str(launch)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "distill.train",
+        str(launch),
+    ]
     return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
 
 
@@ -107,8 +141,12 @@ def sweep_cmd(
     overrides: Optional[List[str]] = SetOpt,
     alpha: str = typer.Option("0.1,0.5,0.9", "--alpha", help="Comma-separated α values."),
     temperature: str = typer.Option("0.5,1,2", "--temperature", "-T", help="Comma-separated T values."),
-    one_factor: bool = typer.Option(False, "--one-factor", help="Vary α at the recipe's T, then T at its α (the seed's design), not the full grid."),
-    out: Path = typer.Option(Path("runs/sweep"), "--out", "-o", help="Sweep directory: one run per point, sweep.json/csv, heatmap.png."),
+    one_factor: bool = typer.Option(
+        False, "--one-factor", help="Vary α at the recipe's T, then T at its α (the seed's design), not the full grid."
+    ),
+    out: Path = typer.Option(
+        Path("runs/sweep"), "--out", "-o", help="Sweep directory: one run per point, sweep.json/csv, heatmap.png."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
     """Train one student per (α, T) point and tabulate validation CE, KL and top-1 agreement."""
@@ -127,8 +165,14 @@ def sweep_cmd(
 
 @distill_app.command("pipeline")
 def pipeline_cmd(
-    recipe_path: Path = typer.Argument(..., help="Pipeline TOML with [corpus], [cache] (optional), [distill] and [export] tables."),
-    stages: str = typer.Option("corpus,cache,train,export", "--stages", help="Comma-separated subset, in order (the GPU machine runs corpus,cache,train)."),
+    recipe_path: Path = typer.Argument(
+        ..., help="Pipeline TOML with [corpus], [cache] (optional), [distill] and [export] tables."
+    ),
+    stages: str = typer.Option(
+        "corpus,cache,train,export",
+        "--stages",
+        help="Comma-separated subset, in order (the GPU machine runs corpus,cache,train).",
+    ),
     overrides: Optional[List[str]] = SetOpt,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -139,7 +183,7 @@ def pipeline_cmd(
 
     pipeline = with_overrides(load_pipeline(recipe_path), overrides or [])
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
-    say = (lambda text: typer.echo(text, err=True))
+    say = lambda text: typer.echo(text, err=True)
     display = None
     if not json_out:
         from distill.display import TrainDisplay
@@ -153,9 +197,13 @@ def _pipeline_text(result) -> str:
     lines = [f"stages: {', '.join(result.stages)}"]
     if result.train:
         t = result.train
-        lines.append(f"student: {t['student']} ({t['parameters'] / 1e6:.1f}M parameters, {t['steps']} steps, val CE {t.get('val_ce', float('nan')):.4f})")
+        lines.append(
+            f"student: {t['student']} ({t['parameters'] / 1e6:.1f}M parameters, {t['steps']} steps, val CE {t.get('val_ce', float('nan')):.4f})"
+        )
     if result.export:
-        lines.append(f"exported: {', '.join(result.export['files'])}; lock: {', '.join(result.export['lock_names']) or '-'}")
+        lines.append(
+            f"exported: {', '.join(result.export['files'])}; lock: {', '.join(result.export['lock_names']) or '-'}"
+        )
         if "verify" in result.export:
             lines.append(f"verify: {'passed' if result.export['verify']['passed'] else 'FAILED'}")
     return "\n".join(lines)

@@ -227,7 +227,7 @@ class Decontaminator:
                 self.grams.setdefault(tuple(words[i : i + n]), set()).add(name)
 
     @classmethod
-    def humaneval(cls, path: Path | None = None, n: int = 13) -> "Decontaminator":
+    def humaneval(cls, path: Path | None = None, n: int = 13) -> Decontaminator:
         from assistant.evaluation.humaneval import load_problems
 
         return cls({p.task_id: p.prompt + p.canonical_solution for p in load_problems(path)}, n)
@@ -278,7 +278,7 @@ class ShardWriter:
         while len(ids):
             if self._f is None:
                 name = f"{self.split}-{len(self.shards):05d}.bin"
-                self._f, self._hash, self._fill = open(self.out_dir / name, "wb"), hashlib.sha256(), 0
+                self._f, self._hash, self._fill = open(self.out_dir / name, "wb"), hashlib.sha256(), 0  # noqa: SIM115 - closed by close()
                 self.shards.append({"file": name, "n_tokens": 0, "sha256": ""})
             take = min(len(ids), self.shard_tokens - self._fill)
             data = ids[:take].tobytes()
@@ -332,8 +332,14 @@ def publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def build_corpus(tokenizer, config: CorpusConfig, out_dir: str | os.PathLike, *, force: bool = False,
-                 progress: Progress | None = None) -> CorpusResult:
+def build_corpus(
+    tokenizer,
+    config: CorpusConfig,
+    out_dir: str | os.PathLike,
+    *,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> CorpusResult:
     """Build the corpus into ``out_dir`` (see the module docstring); ``tokenizer`` is a TeacherTokenizer."""
     started = time.perf_counter()
     config.validate()
@@ -360,7 +366,8 @@ def build_corpus(tokenizer, config: CorpusConfig, out_dir: str | os.PathLike, *,
 
         def capped() -> bool:
             return (config.max_files is not None and counts["kept"] >= config.max_files) or (
-                config.max_tokens is not None and total_tokens >= config.max_tokens)
+                config.max_tokens is not None and total_tokens >= config.max_tokens
+            )
 
         pending: list[tuple[Path, str, str]] = []  # (path, content sha256, normalized text)
 
@@ -379,7 +386,9 @@ def build_corpus(tokenizer, config: CorpusConfig, out_dir: str | os.PathLike, *,
                 w.n_files += 1
                 counts["kept"] += 1
                 total_tokens += len(ids) + 1
-                listing.append(json.dumps({"path": str(path), "sha256": digest, "split": split, "n_tokens": len(ids) + 1}) + "\n")
+                listing.append(
+                    json.dumps({"path": str(path), "sha256": digest, "split": split, "n_tokens": len(ids) + 1}) + "\n"
+                )
             pending.clear()
 
         for path in files:
@@ -415,8 +424,10 @@ def build_corpus(tokenizer, config: CorpusConfig, out_dir: str | os.PathLike, *,
         if progress is not None:
             progress(counts["seen"], len(files), total_tokens)
         if counts["kept"] == 0:
-            raise CorpusError(f"no files left after filtering {counts['seen']} ({_fmt_skips(skipped)})",
-                              hint="check --roots, or relax the filters")
+            raise CorpusError(
+                f"no files left after filtering {counts['seen']} ({_fmt_skips(skipped)})",
+                hint="check --roots, or relax the filters",
+            )
 
         splits = {s: w.finish() for s, w in writers.items()}
         shutil.copyfile(tokenizer.json_path, tmp / "tokenizer.json")
@@ -426,13 +437,20 @@ def build_corpus(tokenizer, config: CorpusConfig, out_dir: str | os.PathLike, *,
             "dtype": dtype.name,
             "byte_order": "little",
             "tokenizer": {**tokenizer.describe(), "file": "tokenizer.json"},
-            "files": {**counts, "train": splits["train"]["n_files"], "validation": splits["validation"]["n_files"],
-                      "listed": len(files)},
+            "files": {
+                **counts,
+                "train": splits["train"]["n_files"],
+                "validation": splits["validation"]["n_files"],
+                "listed": len(files),
+            },
             "n_tokens": sum(s["n_tokens"] for s in splits.values()),
             "splits": splits,
             "skipped": dict(sorted(skipped.items())),
-            "humaneval_overlap": {"files": len(overlap), "tasks": sorted({t for ts in overlap.values() for t in ts}),
-                                  "paths": dict(sorted(overlap.items()))},
+            "humaneval_overlap": {
+                "files": len(overlap),
+                "tasks": sorted({t for ts in overlap.values() for t in ts}),
+                "paths": dict(sorted(overlap.items())),
+            },
             "index": {"file": FILES_INDEX, "sha256": _sha256_file(tmp / FILES_INDEX)},
             "settings": settings_dict(config, roots, decon),
         }
@@ -462,8 +480,12 @@ def settings_dict(config: CorpusConfig, roots: list[Path], decon: Decontaminator
         from assistant.evaluation.humaneval import humaneval_path
 
         path = config.humaneval_path or humaneval_path()
-        d["decontamination"] = {"dataset": path.name, "sha256": _sha256_file(path), "ngram": decon.n,
-                                "unit": "whitespace-split words of prompt + canonical_solution"}
+        d["decontamination"] = {
+            "dataset": path.name,
+            "sha256": _sha256_file(path),
+            "ngram": decon.n,
+            "unit": "whitespace-split words of prompt + canonical_solution",
+        }
     else:
         d["decontamination"] = None
     return d
@@ -493,8 +515,15 @@ def _sha256_file(path: Path) -> str:
 class TokenSplit:
     """One split's token stream, concatenated across its shards, memory-mapped on first use."""
 
-    def __init__(self, name: str, shards: list[tuple[Path, int]], dtype: np.dtype, corpus_sha256: str,
-                 vocab_size: int, eos_id: int):
+    def __init__(
+        self,
+        name: str,
+        shards: list[tuple[Path, int]],
+        dtype: np.dtype,
+        corpus_sha256: str,
+        vocab_size: int,
+        eos_id: int,
+    ):
         self.name, self.dtype, self.corpus_sha256 = name, dtype, corpus_sha256
         self.vocab_size, self.eos_id = vocab_size, eos_id
         self.paths = [p for p, _ in shards]
@@ -531,13 +560,19 @@ class TokenSplit:
     def block(self, index: int, block_size: int) -> np.ndarray:
         """Tokens [index*B, index*B + B + 1): inputs = block[:-1], targets = block[1:]."""
         if not 0 <= index < self.n_blocks(block_size):
-            raise IndexError(f"block {index} outside the {self.name} split's {self.n_blocks(block_size)} blocks of {block_size}")
+            raise IndexError(
+                f"block {index} outside the {self.name} split's {self.n_blocks(block_size)} blocks of {block_size}"
+            )
         start = index * block_size
         return self.tokens(start, start + block_size + 1)
 
     def batch(self, indices: Sequence[int], block_size: int) -> np.ndarray:
         """Blocks stacked into [len(indices), B + 1] int64."""
-        return np.stack([self.block(int(i), block_size) for i in indices]) if len(indices) else np.empty((0, block_size + 1), np.int64)
+        return (
+            np.stack([self.block(int(i), block_size) for i in indices])
+            if len(indices)
+            else np.empty((0, block_size + 1), np.int64)
+        )
 
 
 class TokenCorpus:
@@ -552,15 +587,20 @@ class TokenCorpus:
         self.dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
 
     @classmethod
-    def open(cls, path: str | os.PathLike, verify: bool = True) -> "TokenCorpus":
+    def open(cls, path: str | os.PathLike, verify: bool = True) -> TokenCorpus:
         """Open and check the manifest's own hash, each shard's size and (with ``verify``) sha256."""
         path = Path(path).expanduser().resolve()
         manifest = read_manifest(path, FORMAT, "token corpus", REBUILD)
         corpus = cls(path, manifest)
         for split in SPLITS:
             for shard in manifest["splits"][split]["shards"]:
-                check_file(path / shard["file"], shard["n_tokens"] * corpus.dtype.itemsize,
-                           shard["sha256"] if verify else None, "corpus shard", REBUILD)
+                check_file(
+                    path / shard["file"],
+                    shard["n_tokens"] * corpus.dtype.itemsize,
+                    shard["sha256"] if verify else None,
+                    "corpus shard",
+                    REBUILD,
+                )
         return corpus
 
     def split(self, name: str) -> TokenSplit:
@@ -584,9 +624,14 @@ def read_manifest(path: Path, fmt: str, what: str, fix: str) -> dict:
     except (OSError, ValueError) as e:
         raise CorpusError(f"{file} cannot be read: {e}", hint=fix) from None
     if not isinstance(manifest, dict) or manifest.get("format") != fmt:
-        raise CorpusError(f"{path} is not a {what} ({MANIFEST} has format {manifest.get('format') if isinstance(manifest, dict) else None!r})", hint=fix)
+        raise CorpusError(
+            f"{path} is not a {what} ({MANIFEST} has format {manifest.get('format') if isinstance(manifest, dict) else None!r})",
+            hint=fix,
+        )
     if manifest.get("version") != VERSION:
-        raise CorpusError(f"{path}: {what} version {manifest.get('version')!r} is not supported (expected {VERSION})", hint=fix)
+        raise CorpusError(
+            f"{path}: {what} version {manifest.get('version')!r} is not supported (expected {VERSION})", hint=fix
+        )
     body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
     if canonical_sha256(body) != manifest.get("manifest_sha256"):
         raise CorpusError(f"{file} was modified after it was written (its manifest_sha256 does not match)", hint=fix)

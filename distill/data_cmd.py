@@ -25,10 +25,24 @@ def _bar(label: str, unit: str) -> Iterator:
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit + " {task.fields[status]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True)) as bar:
+    with Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit + " {task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    ) as bar:
         task = bar.add_task(label, total=None, status="")
 
         def update(completed: int, total: int, status: str = "") -> None:
@@ -40,15 +54,24 @@ def _bar(label: str, unit: str) -> Iterator:
 def corpus(
     out: Path = typer.Option(..., "--out", "-o", help="Directory to write (built beside it, then renamed into place)."),
     roots: Optional[List[Path]] = typer.Option(
-        None, "--roots", "--root", help="Directory or .py file to collect (repeatable; default: this Python's stdlib and site-packages)."
+        None,
+        "--roots",
+        "--root",
+        help="Directory or .py file to collect (repeatable; default: this Python's stdlib and site-packages).",
     ),
     tokenizer: str = typer.Option(
-        DEFAULT_TEACHER, "--tokenizer", help="The teacher's tokenizer: models.lock name, .gguf, model directory, tokenizer.json or id@revision."
+        DEFAULT_TEACHER,
+        "--tokenizer",
+        help="The teacher's tokenizer: models.lock name, .gguf, model directory, tokenizer.json or id@revision.",
     ),
-    val_fraction: float = typer.Option(0.02, "--val-fraction", min=0.0, max=0.99, help="Share of files (by content hash) in the validation split."),
+    val_fraction: float = typer.Option(
+        0.02, "--val-fraction", min=0.0, max=0.99, help="Share of files (by content hash) in the validation split."
+    ),
     shard_tokens: int = typer.Option(1 << 24, "--shard-tokens", min=1, help="Tokens per shard file."),
     max_files: Optional[int] = typer.Option(None, "--max-files", min=1, help="Stop after this many kept files."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Stop after the file that brings the total to this many tokens."),
+    max_tokens: Optional[int] = typer.Option(
+        None, "--max-tokens", min=1, help="Stop after the file that brings the total to this many tokens."
+    ),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out directory."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -57,8 +80,13 @@ def corpus(
     from distill.corpus import CorpusConfig, build_corpus, check_out_dir
     from distill.tokenizer import load_tokenizer
 
-    config = CorpusConfig(roots=tuple(roots or ()), val_fraction=val_fraction, shard_tokens=shard_tokens,
-                          max_files=max_files, max_tokens=max_tokens)
+    config = CorpusConfig(
+        roots=tuple(roots or ()),
+        val_fraction=val_fraction,
+        shard_tokens=shard_tokens,
+        max_files=max_files,
+        max_tokens=max_tokens,
+    )
     config.validate()
     check_out_dir(out.expanduser().resolve(), force)  # before the tokenizer's seconds
     check_output_dir(out)
@@ -66,6 +94,7 @@ def corpus(
     with _bar("corpus", "tokens" if max_tokens else "files") as update:
         progress = None
         if update is not None:
+
             def progress(scanned: int, total: int, tokens: int) -> None:
                 if max_tokens:
                     update(tokens, max_tokens, f"({scanned:,}/{total:,} files)")
@@ -79,23 +108,31 @@ def corpus(
     d = result.to_dict()
     f, t = d["files"], d["tokens"]
     skipped = ", ".join(f"{k} {v}" for k, v in d["skipped"].items()) or "none"
-    typer.echo(f"wrote {d['path']}: {f['kept']} files ({f['train']} train, {f['validation']} validation) of {f['seen']} read, "
-               f"{t['train']:,} train + {t['validation']:,} validation tokens, {d['seconds']:.1f} s")
+    typer.echo(
+        f"wrote {d['path']}: {f['kept']} files ({f['train']} train, {f['validation']} validation) of {f['seen']} read, "
+        f"{t['train']:,} train + {t['validation']:,} validation tokens, {d['seconds']:.1f} s"
+    )
     typer.echo(f"skipped: {skipped}")
-    typer.echo(f"tokenizer {d['tokenizer']['source']} (sha256 {d['tokenizer']['sha256'][:12]}); manifest sha256 {d['manifest_sha256']}")
+    typer.echo(
+        f"tokenizer {d['tokenizer']['source']} (sha256 {d['tokenizer']['sha256'][:12]}); manifest sha256 {d['manifest_sha256']}"
+    )
 
 
 def cache_logits(
     corpus_dir: Path = typer.Option(..., "--corpus", help="A directory written by `assistant distill corpus`."),
     out: Path = typer.Option(..., "--out", "-o", help="Cache directory (a rerun with the same settings resumes)."),
     block_size: int = typer.Option(..., "--block-size", min=1, help="Tokens per block, as the training run will use."),
-    teacher: str = typer.Option(DEFAULT_TEACHER, "--teacher", help="models.lock name, id@revision or HF model directory."),
+    teacher: str = typer.Option(
+        DEFAULT_TEACHER, "--teacher", help="models.lock name, id@revision or HF model directory."
+    ),
     top_k: int = typer.Option(64, "--top-k", min=1, help="Log-probabilities kept per token."),
     split: str = typer.Option("train", "--split", help="train or validation."),
     max_blocks: Optional[int] = typer.Option(None, "--max-blocks", min=1, help="Only the first N blocks of the split."),
     batch_size: int = typer.Option(4, "--batch-size", min=1, help="Blocks per teacher forward pass."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1, ..."),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="Teacher weights: float32 (default), bfloat16 or float16."),
+    dtype: Optional[str] = typer.Option(
+        None, "--dtype", help="Teacher weights: float32 (default), bfloat16 or float16."
+    ),
     backend: str = typer.Option(
         "torch", "--backend", help="torch (dequantized PyTorch teacher) or llama.cpp (the GGUF itself, CPU)."
     ),
@@ -107,8 +144,18 @@ def cache_logits(
 
     with _bar("teacher", "blocks") as update:
         result = cache_teacher_logits(
-            corpus_dir, teacher, out, block_size=block_size, k=top_k, split=split, max_blocks=max_blocks,
-            batch_size=batch_size, device=device, dtype=dtype, backend=backend, threads=threads,
+            corpus_dir,
+            teacher,
+            out,
+            block_size=block_size,
+            k=top_k,
+            split=split,
+            max_blocks=max_blocks,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            backend=backend,
+            threads=threads,
             progress=(lambda done, total: update(done, total)) if update else None,
             note=lambda text: typer.echo(f"note: {text}", err=True),
         )
@@ -116,8 +163,12 @@ def cache_logits(
     if json_out:
         typer.echo(json.dumps(d, indent=2))
         return
-    typer.echo(f"wrote {d['path']}: {d['n_blocks']} blocks x {d['block_size']} tokens of {d['split']}, top-{d['k']}, "
-               f"{d['bytes'] / 1e6:.1f} MB in {d['shards']} shards ({d['shards_reused']} reused), {d['seconds']:.1f} s")
-    typer.echo(f"{d['bytes_per_token']} bytes/token vs {d['full_fp16_bytes_per_token']:,} for fp16 logits "
-               f"({100 * d['ratio_to_fp16_logits']:.2f}%); teacher {d['teacher']['source']} (sha256 {d['teacher']['sha256'][:12]}, "
-               f"{d['teacher'].get('backend', 'torch')})")
+    typer.echo(
+        f"wrote {d['path']}: {d['n_blocks']} blocks x {d['block_size']} tokens of {d['split']}, top-{d['k']}, "
+        f"{d['bytes'] / 1e6:.1f} MB in {d['shards']} shards ({d['shards_reused']} reused), {d['seconds']:.1f} s"
+    )
+    typer.echo(
+        f"{d['bytes_per_token']} bytes/token vs {d['full_fp16_bytes_per_token']:,} for fp16 logits "
+        f"({100 * d['ratio_to_fp16_logits']:.2f}%); teacher {d['teacher']['source']} (sha256 {d['teacher']['sha256'][:12]}, "
+        f"{d['teacher'].get('backend', 'torch')})"
+    )

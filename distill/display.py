@@ -32,13 +32,17 @@ class TrainDisplay:
                 TextColumn("[bold]distill"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}  ce {task.fields[ce]}  {task.fields[tps]} tok/s  {task.fields[val]}"),
+                TextColumn(
+                    "loss {task.fields[loss]}  ce {task.fields[ce]}  {task.fields[tps]} tok/s  {task.fields[val]}"
+                ),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=self.console,
             )
             self.progress.start()
-            self.task = self.progress.add_task("train", total=self.recipe.max_steps, completed=self.start_step, loss="-", ce="-", tps="-", val="")
+            self.task = self.progress.add_task(
+                "train", total=self.recipe.max_steps, completed=self.start_step, loss="-", ce="-", tps="-", val=""
+            )
 
     def update(self, step: int, row: dict[str, Any], val: dict[str, float]) -> None:
         val_text = "  ".join(f"{k} {v:.4g}" for k, v in val.items() if k != "val_ppl")
@@ -49,7 +53,11 @@ class TrainDisplay:
             self.progress.update(self.task, completed=step, **fields)
         elif step % self.recipe.log_interval == 0 or step == self.recipe.max_steps:
             tps = f"  {row['tokens_per_s']:,.0f} tok/s" if "tokens_per_s" in row else ""
-            print(f"step {step}/{self.recipe.max_steps}  loss {row['loss']:.4f}  ce {row['ce']:.4f}  div {row['div']:.4f}{tps}  {val_text}", file=sys.stderr, flush=True)
+            print(
+                f"step {step}/{self.recipe.max_steps}  loss {row['loss']:.4f}  ce {row['ce']:.4f}  div {row['div']:.4f}{tps}  {val_text}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def stop(self) -> None:
         if self.progress is not None:

@@ -32,14 +32,34 @@ import numpy as np
 
 from assistant.atomic import atomic_open, atomic_write_text
 from assistant.errors import AssistantError, UsageError
-from distill.corpus import MANIFEST, VERSION, CorpusError, TokenCorpus, TokenSplit, canonical_sha256, check_file, read_manifest
+from distill.corpus import (
+    MANIFEST,
+    VERSION,
+    CorpusError,
+    TokenCorpus,
+    TokenSplit,
+    canonical_sha256,
+    check_file,
+    read_manifest,
+)
 
 FORMAT = "assistant-logit-cache"
 RERUN = "rerun assistant distill cache-logits (it resumes)"
 SHARD_BYTES = 16 << 20  # default shard size; small enough to carry back from the GPU machine
 #: fields that must match for a rerun to reuse completed shards (n_blocks may grow or shrink)
-IDENTITY = ("format", "version", "split", "block_size", "k", "blocks_per_shard", "dtypes", "corpus_sha256",
-            "teacher_sha256", "teacher_vocab_size", "teacher_backend")
+IDENTITY = (
+    "format",
+    "version",
+    "split",
+    "block_size",
+    "k",
+    "blocks_per_shard",
+    "dtypes",
+    "corpus_sha256",
+    "teacher_sha256",
+    "teacher_vocab_size",
+    "teacher_backend",
+)
 
 #: progress(blocks_done, blocks_total)
 Progress = Callable[[int, int], None]
@@ -152,10 +172,17 @@ def _shard_name(i: int) -> str:
 
 def _identity(m: dict) -> dict:
     return {
-        "format": m["format"], "version": m["version"], "split": m["split"], "block_size": m["block_size"],
-        "k": m["k"], "blocks_per_shard": m["blocks_per_shard"], "dtypes": m["dtypes"],
-        "corpus_sha256": m["corpus"]["manifest_sha256"], "teacher_sha256": m["teacher"]["sha256"],
-        "teacher_vocab_size": m["teacher"]["vocab_size"], "teacher_backend": m["teacher"].get("backend", "torch"),
+        "format": m["format"],
+        "version": m["version"],
+        "split": m["split"],
+        "block_size": m["block_size"],
+        "k": m["k"],
+        "blocks_per_shard": m["blocks_per_shard"],
+        "dtypes": m["dtypes"],
+        "corpus_sha256": m["corpus"]["manifest_sha256"],
+        "teacher_sha256": m["teacher"]["sha256"],
+        "teacher_vocab_size": m["teacher"]["vocab_size"],
+        "teacher_backend": m["teacher"].get("backend", "torch"),
     }
 
 
@@ -174,10 +201,18 @@ def new_manifest(split: TokenSplit, config: CacheConfig) -> dict:
         "k": config.k,
         "n_blocks": n_blocks,
         "blocks_per_shard": config.shard_blocks(),
-        "corpus": {"manifest_sha256": split.corpus_sha256, "split_tokens": split.n_tokens, "vocab_size": split.vocab_size},
-        "teacher": {"source": config.teacher_source, "sha256": config.teacher_sha256, "vocab_size": config.vocab_size,
-                    "tokenizer_spec": config.teacher_tokenizer or config.teacher_source,
-                    "backend": config.teacher_backend},
+        "corpus": {
+            "manifest_sha256": split.corpus_sha256,
+            "split_tokens": split.n_tokens,
+            "vocab_size": split.vocab_size,
+        },
+        "teacher": {
+            "source": config.teacher_source,
+            "sha256": config.teacher_sha256,
+            "vocab_size": config.vocab_size,
+            "tokenizer_spec": config.teacher_tokenizer or config.teacher_source,
+            "backend": config.teacher_backend,
+        },
         "dtypes": {"logprobs": "float16", "ids": id_dtype(config.vocab_size).name, "rest": "float32"},
         "byte_order": "little",
         "layout": "per shard: logprobs[n,B,k] | ids[n,B,k] | rest[n,B], C order; n = the shard's n_blocks",
@@ -206,8 +241,10 @@ def check_resume(out: Path, planned: dict) -> dict | None:
     a, b = _identity(old), _identity(planned)
     diff = [f"{key} {a[key]!r} != {b[key]!r}" for key in IDENTITY if a[key] != b[key]]
     if diff:
-        raise CacheError(f"{out} holds a logit cache made with other settings ({'; '.join(diff)})",
-                         hint="delete it or choose another --out")
+        raise CacheError(
+            f"{out} holds a logit cache made with other settings ({'; '.join(diff)})",
+            hint="delete it or choose another --out",
+        )
     return old
 
 
@@ -224,27 +261,38 @@ def precheck_out(out: Path, split: TokenSplit, block_size: int, k: int) -> None:
     have = _identity(old)
     diff = [f"{key} {have[key]!r} != {v!r}" for key, v in want.items() if have[key] != v]
     if diff:
-        raise CacheError(f"{out} holds a logit cache made with other settings ({'; '.join(diff)})",
-                         hint="delete it or choose another --out")
+        raise CacheError(
+            f"{out} holds a logit cache made with other settings ({'; '.join(diff)})",
+            hint="delete it or choose another --out",
+        )
 
 
-def build_logit_cache(teacher_forward: TeacherForward, corpus_split: TokenSplit, config: CacheConfig,
-                      out_dir: str | os.PathLike, progress: Progress | None = None) -> CacheManifest:
+def build_logit_cache(
+    teacher_forward: TeacherForward,
+    corpus_split: TokenSplit,
+    config: CacheConfig,
+    out_dir: str | os.PathLike,
+    progress: Progress | None = None,
+) -> CacheManifest:
     """Run the teacher over the split's blocks and store its top-k targets in ``out_dir`` (resumable)."""
     import torch
 
     started = time.perf_counter()
     config.validate()
     if corpus_split.vocab_size > config.vocab_size:
-        raise CacheError(f"the corpus tokenizer has {corpus_split.vocab_size} tokens but the teacher only {config.vocab_size} outputs",
-                         hint="build the corpus with the teacher's tokenizer")
+        raise CacheError(
+            f"the corpus tokenizer has {corpus_split.vocab_size} tokens but the teacher only {config.vocab_size} outputs",
+            hint="build the corpus with the teacher's tokenizer",
+        )
     out = Path(out_dir).expanduser().resolve()
     manifest = new_manifest(corpus_split, config)
     old = check_resume(out, manifest)
     n_blocks, per_shard, B, k = manifest["n_blocks"], manifest["blocks_per_shard"], config.block_size, config.k
     if n_blocks == 0:
-        raise CacheError(f"the {corpus_split.name} split has {corpus_split.n_tokens} tokens: not one block of {B} + 1",
-                         hint="use a smaller --block-size or a bigger corpus")
+        raise CacheError(
+            f"the {corpus_split.name} split has {corpus_split.n_tokens} tokens: not one block of {B} + 1",
+            hint="use a smaller --block-size or a bigger corpus",
+        )
     ids_dtype = id_dtype(config.vocab_size)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -276,7 +324,9 @@ def build_logit_cache(teacher_forward: TeacherForward, corpus_split: TokenSplit,
         for lo in range(0, n, config.batch_size):
             hi = min(n, lo + config.batch_size)
             inputs = corpus_split.batch(range(start + lo, start + hi), B)[:, :-1]
-            lp, top, mass = teacher_topk(teacher_forward, torch.from_numpy(inputs).to(config.device), k, config.vocab_size)
+            lp, top, mass = teacher_topk(
+                teacher_forward, torch.from_numpy(inputs).to(config.device), k, config.vocab_size
+            )
             logprobs[lo:hi], ids[lo:hi], rest[lo:hi] = lp, top, mass
             blocks_done += hi - lo
             if progress is not None:
@@ -298,7 +348,9 @@ def teacher_topk(teacher_forward: TeacherForward, input_ids, k: int, vocab_size:
         logits = teacher_forward(input_ids)
         b, B = input_ids.shape
         if tuple(logits.shape) != (b, B, vocab_size):
-            raise CacheError(f"the teacher returned logits of shape {tuple(logits.shape)}, expected {(b, B, vocab_size)}")
+            raise CacheError(
+                f"the teacher returned logits of shape {tuple(logits.shape)}, expected {(b, B, vocab_size)}"
+            )
         lps, ids, rests = [], [], []
         for row in logits:
             values, top = row.float().log_softmax(-1).topk(k, dim=-1)
@@ -348,7 +400,7 @@ class LogitCache:
         self._maps: dict[int, tuple] = {}
 
     @classmethod
-    def open(cls, path: str | os.PathLike, verify: bool = True) -> "LogitCache":
+    def open(cls, path: str | os.PathLike, verify: bool = True) -> LogitCache:
         path = Path(path).expanduser().resolve()
         try:
             manifest = read_manifest(path, FORMAT, "logit cache", "build it with assistant distill cache-logits")
@@ -357,7 +409,9 @@ class LogitCache:
         cache = cls(path, manifest)
         recorded = sum(s["n_blocks"] for s in manifest["shards"])
         if not manifest.get("complete") or recorded != cache.n_blocks:
-            raise CacheError(f"the logit cache at {path} is incomplete ({recorded} of {cache.n_blocks} blocks)", hint=RERUN)
+            raise CacheError(
+                f"the logit cache at {path} is incomplete ({recorded} of {cache.n_blocks} blocks)", hint=RERUN
+            )
         for s in manifest["shards"]:
             try:
                 check_file(path / s["file"], s["bytes"], s["sha256"] if verify else None, "cache shard", RERUN)
@@ -398,12 +452,17 @@ class LogitCache:
         """One-line error unless this cache was made from ``corpus``'s ``split`` with ``block_size``."""
         fix = f"rebuild it: assistant distill cache-logits --corpus {corpus.path} --split {split} --block-size {block_size}"
         if self.corpus_sha256 != corpus.manifest_sha256:
-            raise CacheError(f"the logit cache at {self.path} was made from corpus {self.corpus_sha256[:12]}, "
-                             f"not from {corpus.path} ({corpus.manifest_sha256[:12]})", hint=fix)
+            raise CacheError(
+                f"the logit cache at {self.path} was made from corpus {self.corpus_sha256[:12]}, "
+                f"not from {corpus.path} ({corpus.manifest_sha256[:12]})",
+                hint=fix,
+            )
         if self.split != split:
             raise CacheError(f"the logit cache at {self.path} holds the {self.split} split, not {split}", hint=fix)
         if self.block_size != block_size:
-            raise CacheError(f"the logit cache at {self.path} has block size {self.block_size}, not {block_size}", hint=fix)
+            raise CacheError(
+                f"the logit cache at {self.path} has block size {self.block_size}, not {block_size}", hint=fix
+            )
 
 
 def cache_teacher_logits(
@@ -448,8 +507,10 @@ def cache_teacher_logits(
     if teacher_tok is not None and teacher_tok.sha256 != corp.manifest["tokenizer"]["sha256"]:
         ok, why = same_tokenizer(load_tokenizer(str(corp.tokenizer_json())), teacher_tok)
         if not ok:
-            raise CacheError(f"the corpus at {corp.path} was tokenized with another vocabulary than teacher {teacher}: {why}",
-                             hint=f"rebuild it with assistant distill corpus --tokenizer {teacher}")
+            raise CacheError(
+                f"the corpus at {corp.path} was tokenized with another vocabulary than teacher {teacher}: {why}",
+                hint=f"rebuild it with assistant distill corpus --tokenizer {teacher}",
+            )
     if backend == "llama.cpp":
         from distill.llama_teacher import load_llama_teacher
 
@@ -459,8 +520,15 @@ def cache_teacher_logits(
             )
         lt = load_llama_teacher(teacher, n_ctx=block_size, threads=threads)
         config = CacheConfig(
-            block_size=block_size, vocab_size=lt.vocab_size, teacher_source=lt.source, teacher_sha256=lt.sha256,
-            k=k, max_blocks=max_blocks, batch_size=batch_size, device="cpu", teacher_tokenizer=teacher,
+            block_size=block_size,
+            vocab_size=lt.vocab_size,
+            teacher_source=lt.source,
+            teacher_sha256=lt.sha256,
+            k=k,
+            max_blocks=max_blocks,
+            batch_size=batch_size,
+            device="cpu",
+            teacher_tokenizer=teacher,
             teacher_backend=backend,
         )
         try:
@@ -468,8 +536,17 @@ def cache_teacher_logits(
         finally:
             lt.close()
     t = load_teacher(teacher, device=device, dtype=dtype)
-    config = CacheConfig(block_size=block_size, vocab_size=t.vocab_size, teacher_source=t.source, teacher_sha256=t.sha256,
-                         k=k, max_blocks=max_blocks, batch_size=batch_size, device=device, teacher_tokenizer=t.tokenizer_spec)
+    config = CacheConfig(
+        block_size=block_size,
+        vocab_size=t.vocab_size,
+        teacher_source=t.source,
+        teacher_sha256=t.sha256,
+        k=k,
+        max_blocks=max_blocks,
+        batch_size=batch_size,
+        device=device,
+        teacher_tokenizer=t.tokenizer_spec,
+    )
 
     def forward(input_ids):
         return t.model(input_ids=input_ids, use_cache=False).logits

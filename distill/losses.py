@@ -128,9 +128,7 @@ def generalized_jsd(teacher_logp: torch.Tensor, student_logp: torch.Tensor, beta
         return forward_kl(teacher_logp, student_logp)
     if beta == 1.0:
         return reverse_kl(teacher_logp, student_logp)
-    mixture = torch.logsumexp(
-        torch.stack([teacher_logp + math.log(beta), student_logp + math.log(1.0 - beta)]), dim=0
-    )
+    mixture = torch.logsumexp(torch.stack([teacher_logp + math.log(beta), student_logp + math.log(1.0 - beta)]), dim=0)
     return beta * forward_kl(teacher_logp, mixture) + (1.0 - beta) * forward_kl(student_logp, mixture)
 
 

@@ -39,7 +39,6 @@ class Teacher:
     tokenizer_spec: str  # what distill.tokenizer.load_tokenizer takes for this teacher
 
 
-
 def family_of(config: Any, where: str = "the model") -> str:
     """The family (`model_type`) of a config or config dict, refused if the stage cannot handle it."""
     model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
@@ -73,8 +72,8 @@ def _dir_family(model_dir: Path) -> str:
 
 def _dir_sha256(model_dir: Path) -> str:
     """The export stage's provenance key for an HF directory (stat-cached file hashes)."""
-    from assistant.store.resolve import HashCache
     from assistant.model_dir import content_sha256
+    from assistant.store.resolve import HashCache
 
     return content_sha256(model_dir, HashCache().sha256)
 
@@ -84,7 +83,14 @@ def _torch_dtype(dtype: Any):
 
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype or torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if dtype not in table:
         raise UsageError(f"unknown dtype {dtype!r}: use one of {', '.join(table)}")
     return table[dtype]
@@ -148,7 +154,9 @@ def load_teacher(spec: str, *, device: str = "cpu", dtype: Any = None, offline: 
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise UsageError(f"{path} has no config.json: give a Hugging Face model directory, a lock name or an id@revision")
+            raise UsageError(
+                f"{path} has no config.json: give a Hugging Face model directory, a lock name or an id@revision"
+            )
         model = model_class(_dir_family(path)).from_pretrained(str(path), dtype=_torch_dtype(dtype))
         return Teacher(_finish(model, device, dtype), spec, _dir_sha256(path), model.config.vocab_size, str(path))
     pinned = PINNED.match(spec)
@@ -159,12 +167,16 @@ def load_teacher(spec: str, *, device: str = "cpu", dtype: Any = None, offline: 
         model = model_class(family).from_pretrained(pinned["repo"], revision=pinned["rev"], dtype=_torch_dtype(dtype))
         return Teacher(_finish(model, device, dtype), spec, pinned["rev"], model.config.vocab_size, spec)
     if "/" in spec and not path.exists():
-        raise UsageError(f"teacher {spec!r} is not pinned: write it as {spec}@<40-hex commit> so the run is reproducible")
+        raise UsageError(
+            f"teacher {spec!r} is not pinned: write it as {spec}@<40-hex commit> so the run is reproducible"
+        )
 
     resolved = _resolve_gguf(spec, offline)
     hf_dir = gguf_as_hf_dir(resolved.path, resolved.sha256)
     model = model_class(_dir_family(hf_dir)).from_pretrained(str(hf_dir), dtype=_torch_dtype(dtype))
-    return Teacher(_finish(model, device, dtype), resolved.name, resolved.sha256, model.config.vocab_size, resolved.name)
+    return Teacher(
+        _finish(model, device, dtype), resolved.name, resolved.sha256, model.config.vocab_size, resolved.name
+    )
 
 
 def teacher_sha256(spec: str, *, offline: bool = False) -> str:
@@ -225,7 +237,9 @@ class StudentSpec:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
-            raise UsageError(f"unknown student setting(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+            raise UsageError(
+                f"unknown student setting(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+            )
         d = dict(d)
         if d.get("keep_layers") is not None:
             d["keep_layers"] = tuple(int(i) for i in d["keep_layers"])
@@ -267,7 +281,15 @@ def student_config(teacher_config, spec: StudentSpec):
     head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
     d = t.to_dict()
     # layer_types / max_window_layers are per-layer lists and counts of the teacher's depth
-    dropped = ("quantization_config", "_name_or_path", "architectures", "dtype", "torch_dtype", "layer_types", "max_window_layers")
+    dropped = (
+        "quantization_config",
+        "_name_or_path",
+        "architectures",
+        "dtype",
+        "torch_dtype",
+        "layer_types",
+        "max_window_layers",
+    )
     for key in dropped:
         d.pop(key, None)
     layers = len(spec.keep_layers) if spec.keep_layers else (spec.layers or t.num_hidden_layers)
@@ -284,7 +306,9 @@ def student_config(teacher_config, spec: StudentSpec):
     d.pop("model_type", None)
     config = config_class(family)(**d)
     if config.num_attention_heads % config.num_key_value_heads:
-        raise UsageError(f"heads ({config.num_attention_heads}) must be a multiple of kv_heads ({config.num_key_value_heads})")
+        raise UsageError(
+            f"heads ({config.num_attention_heads}) must be a multiple of kv_heads ({config.num_key_value_heads})"
+        )
     return config
 
 
@@ -294,7 +318,9 @@ def quantization_notes(config) -> list[str]:
     for name in ("hidden_size", "intermediate_size"):
         value = getattr(config, name)
         if value % KQUANT_BLOCK:
-            notes.append(f"{name}={value} is not a multiple of {KQUANT_BLOCK}: K-quants (Q4_K_M, ...) fall back to worse types on those tensors")
+            notes.append(
+                f"{name}={value} is not a multiple of {KQUANT_BLOCK}: K-quants (Q4_K_M, ...) fall back to worse types on those tensors"
+            )
     return notes
 
 
@@ -325,7 +351,11 @@ def build_student(spec: StudentSpec, teacher_model=None, teacher_config=None) ->
         return Student(student, notes)
     if teacher_model is None:
         raise UsageError("student init 'teacher' needs the teacher's weights")
-    keep = list(spec.keep_layers) if spec.keep_layers else evenly_spaced(t_config.num_hidden_layers, config.num_hidden_layers)
+    keep = (
+        list(spec.keep_layers)
+        if spec.keep_layers
+        else evenly_spaced(t_config.num_hidden_layers, config.num_hidden_layers)
+    )
     if max(keep) >= t_config.num_hidden_layers or min(keep) < 0:
         raise UsageError(f"keep_layers {keep} out of range: the teacher has layers 0..{t_config.num_hidden_layers - 1}")
     with torch.no_grad():

@@ -10,10 +10,11 @@ Recipe) and `[export]`.
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
+
+import tomllib
 
 from assistant.errors import UsageError
 from distill.recipe import Recipe
@@ -104,7 +105,9 @@ def load_pipeline(path: Path) -> Pipeline:
     return Pipeline(corpus, recipe, export, cache, str(path))
 
 
-def run_pipeline(p: Pipeline, stages: tuple[str, ...] = STAGES, *, say: Callable[[str], None] = print, display_factory=None) -> PipelineResult:
+def run_pipeline(
+    p: Pipeline, stages: tuple[str, ...] = STAGES, *, say: Callable[[str], None] = print, display_factory=None
+) -> PipelineResult:
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise UsageError(f"unknown stage(s) {', '.join(bad)}: choose from {', '.join(STAGES)}")
@@ -124,7 +127,13 @@ def run_pipeline(p: Pipeline, stages: tuple[str, ...] = STAGES, *, say: Callable
 
         say(f"train: {recipe.out}")
         r = train(recipe, display_factory=display_factory)
-        result.train = {"student": str(r.student_dir), "steps": r.steps, "tokens": r.tokens, "parameters": r.params, **r.final}
+        result.train = {
+            "student": str(r.student_dir),
+            "steps": r.steps,
+            "tokens": r.tokens,
+            "parameters": r.params,
+            **r.final,
+        }
     if "export" in stages:
         result.export = export_stage(p, Path(recipe.out) / "student", say)
     return result
@@ -140,7 +149,12 @@ def build_corpus_stage(p: Pipeline, say: Callable[[str], None]) -> dict:
         say(f"corpus: reusing {c.out}")
         return {"path": c.out, "manifest_sha256": corpus.manifest_sha256, "reused": True}
     say(f"corpus: building {c.out}")
-    config = CorpusConfig(roots=tuple(Path(r) for r in c.roots), val_fraction=c.val_fraction, max_tokens=c.max_tokens, max_files=c.max_files)
+    config = CorpusConfig(
+        roots=tuple(Path(r) for r in c.roots),
+        val_fraction=c.val_fraction,
+        max_tokens=c.max_tokens,
+        max_files=c.max_files,
+    )
     return build_corpus(load_tokenizer(c.tokenizer or p.distill.teacher), config, c.out).to_dict()
 
 
@@ -151,8 +165,18 @@ def build_cache_stage(p: Pipeline, say: Callable[[str], None]) -> dict:
     say(f"cache: teacher logits into {c.out}")
     max_blocks = r.train_blocks  # None: every training block
     manifest = cache_teacher_logits(
-        p.corpus.out, r.teacher, c.out, block_size=r.block_size, k=c.top_k, max_blocks=max_blocks,
-        batch_size=c.batch_size, device=c.device, dtype=c.dtype, backend=c.backend, threads=c.threads, note=say,
+        p.corpus.out,
+        r.teacher,
+        c.out,
+        block_size=r.block_size,
+        k=c.top_k,
+        max_blocks=max_blocks,
+        batch_size=c.batch_size,
+        device=c.device,
+        dtype=c.dtype,
+        backend=c.backend,
+        threads=c.threads,
+        note=say,
     )
     return manifest.to_dict()
 
@@ -170,7 +194,9 @@ def export_stage(p: Pipeline, student_dir: Path, say: Callable[[str], None]) -> 
     f16 = Path(e.gguf_dir or student_dir.parent) / f"{e.name}.F16.gguf"
     say(f"export: {f16}")
     export_gguf(GgufRequest(model_dir=student_dir, out=f16, outtype="f16", force=True, lock=LockTarget(enabled=False)))
-    provenance = json.loads((student_dir / "provenance.json").read_text()) if (student_dir / "provenance.json").is_file() else {}
+    provenance = (
+        json.loads((student_dir / "provenance.json").read_text()) if (student_dir / "provenance.json").is_file() else {}
+    )
     description = (
         f"distilled from {provenance.get('teacher', {}).get('source', '?')} by `assistant distill pipeline {p.source}` "
         f"({provenance.get('student', {}).get('parameters', 0) / 1e6:.1f}M parameters, {provenance.get('tokens', 0):,} training tokens, "
@@ -179,10 +205,16 @@ def export_stage(p: Pipeline, student_dir: Path, say: Callable[[str], None]) -> 
     Path(e.out_dir).mkdir(parents=True, exist_ok=True)
     say(f"quantize: {', '.join(e.types)} into {e.out_dir}")
     outcomes = quantize_file(
-        QuantizeRequest(src=f16, types=",".join(e.types), out_dir=Path(e.out_dir), force=True,
-                        entry=EntrySpec(name=e.name, roles=("generate", "student"), license=e.license, description=description), lock=lock,
-                        base=p.distill.teacher,  # same tokenizer and chat format: the teacher's stop and prompt style
-                        provenance={"distilled": _training_record(provenance, p.source)})
+        QuantizeRequest(
+            src=f16,
+            types=",".join(e.types),
+            out_dir=Path(e.out_dir),
+            force=True,
+            entry=EntrySpec(name=e.name, roles=("generate", "student"), license=e.license, description=description),
+            lock=lock,
+            base=p.distill.teacher,  # same tokenizer and chat format: the teacher's stop and prompt style
+            provenance={"distilled": _training_record(provenance, p.source)},
+        )
     )
     files = [str(o.result.path) for o in outcomes]
     out: dict[str, Any] = {"f16": str(f16), "files": files, "lock_names": [o.entry.name for o in outcomes if o.entry]}

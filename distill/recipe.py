@@ -9,17 +9,27 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from assistant.errors import UsageError
 from distill.models import StudentSpec
 
 # Settings that do not change the weights a run reaches (where and how often it reports).
-NOT_HASHED = ("out", "hidden_cache",  # where the frozen outputs live does not change them
-              "log_interval", "ckpt_interval", "eval_interval", "eval_blocks", "compile", "stop_after", "time_limit_s")
+NOT_HASHED = (
+    "out",
+    "hidden_cache",  # where the frozen outputs live does not change them
+    "log_interval",
+    "ckpt_interval",
+    "eval_interval",
+    "eval_blocks",
+    "compile",
+    "stop_after",
+    "time_limit_s",
+)
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,16 @@ class Recipe:
     time_limit_s: float | None = None  # checkpoint and stop once this much wall time has passed (leased GPUs)
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "micro_batch", "grad_accum", "max_steps", "eval_blocks", "log_interval", "ckpt_interval", "eval_interval"):
+        for name in (
+            "block_size",
+            "micro_batch",
+            "grad_accum",
+            "max_steps",
+            "eval_blocks",
+            "log_interval",
+            "ckpt_interval",
+            "eval_interval",
+        ):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.train_blocks is not None and self.train_blocks < 1:
@@ -83,8 +102,10 @@ class Recipe:
         if self.freeze_layers < 0:
             raise UsageError(f"freeze_layers must be at least 0, got {self.freeze_layers}")
         if self.hidden_cache and not self.freeze_layers:
-            raise UsageError("hidden_cache is set but freeze_layers = 0: there is nothing frozen to cache",
-                             hint="set freeze_layers = N (the lowest N student layers stay fixed)")
+            raise UsageError(
+                "hidden_cache is set but freeze_layers = 0: there is nothing frozen to cache",
+                hint="set freeze_layers = N (the lowest N student layers stay fixed)",
+            )
         self.loss_config()  # validates alpha, temperature, divergence, beta, chunk_size
 
     def loss_config(self):
@@ -112,7 +133,9 @@ class Recipe:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise UsageError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+            raise UsageError(
+                f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
+            )
         if "student" in d:
             d["student"] = StudentSpec.from_dict(d["student"])
         try:
@@ -140,7 +163,9 @@ def load_recipe(path: Path) -> Recipe:
     except FileNotFoundError:
         raise UsageError(f"recipe {path} does not exist") from None
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"recipe {path} is not valid {'JSON' if Path(path).suffix == '.json' else 'TOML'}: {e}") from None
+        raise UsageError(
+            f"recipe {path} is not valid {'JSON' if Path(path).suffix == '.json' else 'TOML'}: {e}"
+        ) from None
     data = data.get("distill", data)
     return Recipe.from_dict(data, where=str(path))
 

@@ -111,7 +111,9 @@ def heatmap(points: list[SweepPoint], path: Path) -> None:
             value = p.metrics.get(metric)
             if value is not None:
                 grid[alphas.index(p.alpha), temps.index(p.temperature)] = value
-        image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis_r" if metric != "val_top1" else "viridis", aspect="auto")
+        image = ax.imshow(
+            np.ma.masked_invalid(grid), cmap="viridis_r" if metric != "val_top1" else "viridis", aspect="auto"
+        )
         ax.set_xticks(range(len(temps)), [f"{t:g}" for t in temps])
         ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
         ax.set_xlabel("temperature T")

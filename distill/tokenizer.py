@@ -32,7 +32,13 @@ from assistant.store.paths import cache_dir
 DEFAULT_TEACHER = "smollm2-135m-instruct"
 TOKENIZER_JSON = "tokenizer.json"
 #: Files that make up a Hugging Face tokenizer, copied together into a student's directory.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+)
 PINNED_HF = re.compile(r"^(?P<repo>[\w.-]+/[\w.-]+)@(?P<rev>[0-9a-f]{40})$")
 HF_ID = re.compile(r"^[\w.-]+/[\w.-]+(@\S*)?$")
 #: End-of-text tokens tried, in order, when no config names the EOS token.
@@ -47,7 +53,7 @@ class TokenizerError(AssistantError):
 class TeacherTokenizer:
     """A loaded tokenizer and where it came from (its identity is the sha256 of tokenizer.json)."""
 
-    tokenizer: "object"  # tokenizers.Tokenizer (typed loosely so the import stays lazy for readers)
+    tokenizer: object  # tokenizers.Tokenizer (typed loosely so the import stays lazy for readers)
     source: str  # "lock:NAME", "gguf:PATH", "dir:PATH", "file:PATH" or "hf:ID@REV"
     sha256: str  # of the tokenizer.json bytes
     vocab_size: int  # ids the tokenizer can produce, added tokens included
@@ -68,7 +74,13 @@ class TeacherTokenizer:
         return tok
 
     def describe(self) -> dict:
-        d = {"source": self.source, "sha256": self.sha256, "vocab_size": self.vocab_size, "eos_id": self.eos_id, "bos_id": self.bos_id}
+        d = {
+            "source": self.source,
+            "sha256": self.sha256,
+            "vocab_size": self.vocab_size,
+            "eos_id": self.eos_id,
+            "bos_id": self.bos_id,
+        }
         if self.gguf_sha256:
             d["gguf_sha256"] = self.gguf_sha256
         return d
@@ -121,9 +133,14 @@ def _from_json(json_path: Path, source: str, files_dir: Path | None, **extra) ->
         data = json_path.read_bytes()
         tok = Tokenizer.from_str(data.decode("utf-8"))
     except Exception as e:  # OSError, UnicodeDecodeError, or the bare Exception tokenizers raises on bad JSON
-        raise TokenizerError(f"cannot read tokenizer {json_path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise TokenizerError(
+            f"cannot read tokenizer {json_path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     where = files_dir or json_path.parent
-    configs = [_read_json(where / n) for n in ("tokenizer_config.json", "special_tokens_map.json", "config.json", "generation_config.json")]
+    configs = [
+        _read_json(where / n)
+        for n in ("tokenizer_config.json", "special_tokens_map.json", "config.json", "generation_config.json")
+    ]
     eos = _special_id(tok, configs, "eos_token", "eos_token_id")
     if eos is None:
         eos = next((tok.token_to_id(t) for t in EOS_FALLBACKS if tok.token_to_id(t) is not None), None)
@@ -133,7 +150,17 @@ def _from_json(json_path: Path, source: str, files_dir: Path | None, **extra) ->
             hint="put a tokenizer_config.json with eos_token beside it",
         )
     bos = _special_id(tok, configs, "bos_token", "bos_token_id")
-    return TeacherTokenizer(tok, source, sha256_bytes(data), tok.get_vocab_size(with_added_tokens=True), eos, bos, files_dir, json_path, **extra)
+    return TeacherTokenizer(
+        tok,
+        source,
+        sha256_bytes(data),
+        tok.get_vocab_size(with_added_tokens=True),
+        eos,
+        bos,
+        files_dir,
+        json_path,
+        **extra,
+    )
 
 
 # -- conversion through transformers (GGUF, SentencePiece), cached ---------------------------------
@@ -149,7 +176,9 @@ def _converted(key: str, convert) -> Path:
     try:
         convert(tmp)
         if not (tmp / TOKENIZER_JSON).is_file():
-            raise TokenizerError(f"converting the tokenizer for {key} wrote no {TOKENIZER_JSON} (not a fast tokenizer?)")
+            raise TokenizerError(
+                f"converting the tokenizer for {key} wrote no {TOKENIZER_JSON} (not a fast tokenizer?)"
+            )
         try:
             os.rename(tmp, out)
         except OSError:
@@ -166,7 +195,9 @@ def _save_auto(tmp: Path, *args, **kwargs) -> None:
     try:
         AutoTokenizer.from_pretrained(*args, **kwargs).save_pretrained(str(tmp))
     except Exception as e:  # transformers raises many types; the user needs one line
-        raise TokenizerError(f"transformers could not load the tokenizer from {args[0]}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise TokenizerError(
+            f"transformers could not load the tokenizer from {args[0]}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
 
 
 def _load_gguf(path: Path, sha256: str, ref: str, source: str) -> TeacherTokenizer:
@@ -182,7 +213,9 @@ def _load_dir(path: Path) -> TeacherTokenizer:
         key = "spm-" + sha256_bytes((path / "tokenizer.model").read_bytes())
         files = _converted(key, lambda tmp: _save_auto(tmp, str(path)))
         return _from_json(files / TOKENIZER_JSON, source, files)
-    raise TokenizerError(f"{path} holds no {TOKENIZER_JSON} or tokenizer.model", hint="give a model directory with its tokenizer files")
+    raise TokenizerError(
+        f"{path} holds no {TOKENIZER_JSON} or tokenizer.model", hint="give a model directory with its tokenizer files"
+    )
 
 
 def _load_hf(repo: str, revision: str) -> TeacherTokenizer:
@@ -192,8 +225,10 @@ def _load_hf(repo: str, revision: str) -> TeacherTokenizer:
     out = cache_dir() / "tokenizers" / f"hf-{repo.replace('/', '--')}-{revision}"
     if not (out / TOKENIZER_JSON).is_file():
         if offline_mode():
-            raise TokenizerError(f"the tokenizer of {repo}@{revision} is not cached and offline mode is on (HF_HUB_OFFLINE=1)",
-                                 hint="run once while online")
+            raise TokenizerError(
+                f"the tokenizer of {repo}@{revision} is not cached and offline mode is on (HF_HUB_OFFLINE=1)",
+                hint="run once while online",
+            )
         from huggingface_hub import hf_hub_download
         from huggingface_hub.utils import EntryNotFoundError
 
@@ -204,10 +239,14 @@ def _load_hf(repo: str, revision: str) -> TeacherTokenizer:
             except EntryNotFoundError:
                 if name == TOKENIZER_JSON:
                     shutil.rmtree(out, ignore_errors=True)
-                    raise TokenizerError(f"{repo}@{revision} has no {TOKENIZER_JSON}",
-                                         hint="download the model directory and pass its path instead") from None
+                    raise TokenizerError(
+                        f"{repo}@{revision} has no {TOKENIZER_JSON}",
+                        hint="download the model directory and pass its path instead",
+                    ) from None
             except Exception as e:  # network errors come in many types
-                raise TokenizerError(f"downloading {name} of {repo}@{revision} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                raise TokenizerError(
+                    f"downloading {name} of {repo}@{revision} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                ) from None
     return _from_json(out / TOKENIZER_JSON, f"hf:{repo}@{revision}", out)
 
 
@@ -245,10 +284,14 @@ def load_tokenizer(spec: str) -> TeacherTokenizer:
     if pinned:
         return _load_hf(pinned["repo"], pinned["rev"])
     if HF_ID.match(spec):
-        raise UsageError(f"tokenizer {spec!r} is not pinned: write it as {spec.split('@')[0]}@<40-hex commit>",
-                         hint="a moving tokenizer would silently change the corpus")
+        raise UsageError(
+            f"tokenizer {spec!r} is not pinned: write it as {spec.split('@')[0]}@<40-hex commit>",
+            hint="a moving tokenizer would silently change the corpus",
+        )
     known = f"; lock names: {', '.join(lock.names())}" if lock is not None else ""
-    raise UsageError(f"tokenizer {spec!r} is not a models.lock name, a .gguf, a model directory, a tokenizer.json or an id@revision{known}")
+    raise UsageError(
+        f"tokenizer {spec!r} is not a models.lock name, a .gguf, a model directory, a tokenizer.json or an id@revision{known}"
+    )
 
 
 # -- into a student's directory --------------------------------------------------------------------
@@ -304,9 +347,14 @@ def same_tokenizer(a: Spec, b: Spec) -> tuple[bool, str]:
     diff = [i for i in range(shared) if va[i] != vb[i]]
     if diff:
         i = diff[0]
-        return False, (f"{len(diff)} of {shared} shared ids map to different tokens, first id {i}: "
-                       f"{va[i]!r} in {ta.source} vs {vb[i]!r} in {tb.source}")
+        return False, (
+            f"{len(diff)} of {shared} shared ids map to different tokens, first id {i}: "
+            f"{va[i]!r} in {ta.source} vs {vb[i]!r} in {tb.source}"
+        )
     if len(va) == len(vb):
         return True, f"identical vocabularies ({len(va)} tokens)"
     bigger = ta if len(va) > len(vb) else tb
-    return True, f"shared prefix of {shared} tokens; {bigger.source} has {abs(len(va) - len(vb))} more (ids {shared}..{max(len(va), len(vb)) - 1})"
+    return (
+        True,
+        f"shared prefix of {shared} tokens; {bigger.source} has {abs(len(va) - len(vb))} more (ids {shared}..{max(len(va), len(vb)) - 1})",
+    )

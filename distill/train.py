@@ -30,7 +30,7 @@ import torch.distributed as dist
 from assistant.atomic import atomic_write_text
 from assistant.errors import AssistantError, UsageError
 from distill.frozen import freeze_lower, prefix_hidden, run_layers
-from distill.losses import IGNORE_INDEX, LossConfig, SparseTarget, chunked_distill_loss, log_probs, forward_kl
+from distill.losses import IGNORE_INDEX, LossConfig, SparseTarget, chunked_distill_loss, forward_kl, log_probs
 from distill.models import Teacher, build_student, count_parameters, describe, load_teacher, load_teacher_config
 from distill.recipe import Recipe
 
@@ -73,7 +73,7 @@ def setup_env(recipe: Recipe) -> Env:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     want_cuda = recipe.device.startswith("cuda") or (recipe.device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
-        raise UsageError("device cuda was asked for but PyTorch sees no CUDA GPU: use device = \"cpu\"")
+        raise UsageError('device cuda was asked for but PyTorch sees no CUDA GPU: use device = "cpu"')
     device = torch.device(f"cuda:{local}" if want_cuda and world > 1 else ("cuda" if want_cuda else "cpu"))
     if want_cuda:
         torch.cuda.set_device(device)
@@ -161,7 +161,7 @@ class DistillStep(torch.nn.Module):
         if not bool(keep.all()):
             rows = keep.nonzero().squeeze(1)
             hidden, labels = hidden[rows], labels[rows]
-            teacher_chunk = (lambda s, f=teacher_chunk, rows=rows: f(rows[s]))  # noqa: E731
+            teacher_chunk = lambda s, f=teacher_chunk, rows=rows: f(rows[s])
         return chunked_distill_loss(hidden, self.student.lm_head.weight, teacher_chunk, labels, self.loss, n_tokens)
 
 
@@ -333,7 +333,9 @@ def _open_data(recipe: Recipe):
     train = corpus.split("train")
     n_train = train.n_blocks(recipe.block_size)
     if n_train == 0:
-        raise UsageError(f"corpus {recipe.corpus} has fewer than {recipe.block_size + 1} training tokens: lower block_size or build a bigger corpus")
+        raise UsageError(
+            f"corpus {recipe.corpus} has fewer than {recipe.block_size + 1} training tokens: lower block_size or build a bigger corpus"
+        )
     if recipe.train_blocks is not None:
         n_train = min(n_train, recipe.train_blocks)
     cache = None
@@ -366,7 +368,9 @@ def check_tokenizers(teacher: Teacher, corpus, recipe: Recipe) -> None:
             continue
         ok, reason = same_tokenizer(theirs, str(spec))
         if not ok:
-            raise AssistantError(f"the {what} and the teacher use different tokenizers ({reason}): rebuild the {what} with --tokenizer {teacher.tokenizer_spec}")
+            raise AssistantError(
+                f"the {what} and the teacher use different tokenizers ({reason}): rebuild the {what} with --tokenizer {teacher.tokenizer_spec}"
+            )
 
 
 def open_hidden_cache(recipe: Recipe, student, corpus, train_split, n_train: int, env: Env):
@@ -374,9 +378,13 @@ def open_hidden_cache(recipe: Recipe, student, corpus, train_split, n_train: int
     from distill.frozen import HiddenIdentity, open_or_build, prefix_sha256
 
     identity = HiddenIdentity(
-        prefix_sha256=prefix_sha256(student, recipe.freeze_layers), n_frozen=recipe.freeze_layers,
-        corpus_sha256=corpus.manifest_sha256, tokenizer_sha256=corpus.manifest["tokenizer"].get("sha256", ""),
-        split="train", block_size=recipe.block_size, hidden_size=student.config.hidden_size,
+        prefix_sha256=prefix_sha256(student, recipe.freeze_layers),
+        n_frozen=recipe.freeze_layers,
+        corpus_sha256=corpus.manifest_sha256,
+        tokenizer_sha256=corpus.manifest["tokenizer"].get("sha256", ""),
+        split="train",
+        block_size=recipe.block_size,
+        hidden_size=student.config.hidden_size,
     )
 
     def compute(indices: list[int]) -> torch.Tensor:
@@ -428,7 +436,9 @@ def _wrap(step_module: DistillStep, recipe: Recipe, env: Env):
     elif env.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        wrapped = DistributedDataParallel(step_module, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+        wrapped = DistributedDataParallel(
+            step_module, device_ids=[env.device.index] if env.device.type == "cuda" else None
+        )
     else:
         wrapped = step_module
     return wrapped
@@ -546,7 +556,15 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
             if env.world > 1:
                 dist.all_reduce(totals)
             ce, div = (float(x) / n_global for x in totals)
-            row = {"step": step, "lr": lr, "ce": ce, "div": div, "loss": (1 - loss_cfg.alpha) * ce + loss_cfg.alpha * loss_cfg.temperature**2 * div, "grad_norm": float(grad_norm), "tokens": tokens_seen}
+            row = {
+                "step": step,
+                "lr": lr,
+                "ce": ce,
+                "div": div,
+                "loss": (1 - loss_cfg.alpha) * ce + loss_cfg.alpha * loss_cfg.temperature**2 * div,
+                "grad_norm": float(grad_norm),
+                "tokens": tokens_seen,
+            }
             if step % recipe.log_interval == 0 or step == recipe.max_steps:
                 now = time.perf_counter()
                 row["tokens_per_s"] = (tokens_seen - tokens_last) / max(now - t_last, 1e-9)
@@ -564,7 +582,9 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
                 flag = torch.tensor(int(out_of_time), device=env.device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
                 out_of_time = bool(flag)
-            if step < recipe.max_steps and (out_of_time or (recipe.stop_after is not None and step >= recipe.stop_after)):
+            if step < recipe.max_steps and (
+                out_of_time or (recipe.stop_after is not None and step >= recipe.stop_after)
+            ):
                 if step % recipe.ckpt_interval:
                     save_checkpoint(out, step, step_module, optimizer, recipe, env, tokens_seen)
                 return TrainResult(out, out / "student", step, tokens_seen, last_val, params, stopped_early=True)
@@ -585,19 +605,35 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
         model_state = {k.removeprefix("student."): v for k, v in full.items()}
     if env.main:
         provenance = {
-            "teacher": {"source": teacher.source if teacher else recipe.teacher, "sha256": teacher.sha256 if teacher else None},
+            "teacher": {
+                "source": teacher.source if teacher else recipe.teacher,
+                "sha256": teacher.sha256 if teacher else None,
+            },
             "corpus": {"path": recipe.corpus, "manifest_sha256": corpus.manifest_sha256},
-            "logit_cache": {"path": recipe.logit_cache, "manifest_sha256": cache.manifest_sha256} if cache is not None else None,
+            "logit_cache": {"path": recipe.logit_cache, "manifest_sha256": cache.manifest_sha256}
+            if cache is not None
+            else None,
             "recipe": recipe.to_dict(),
             "recipe_hash": recipe.hash(),
-            "student": {"parameters": params, "config": describe(student.config), "kept_layers": student_info.kept_layers, "notes": student_info.notes},
+            "student": {
+                "parameters": params,
+                "config": describe(student.config),
+                "kept_layers": student_info.kept_layers,
+                "notes": student_info.notes,
+            },
             "steps": step,
             "tokens": tokens_seen,
             "world_size": env.world,
             "final_metrics": final,
             "torch": torch.__version__,
         }
-        save_student(student, student_dir, teacher.tokenizer_spec if teacher else _cache_tokenizer(cache), provenance, model_state)
+        save_student(
+            student,
+            student_dir,
+            teacher.tokenizer_spec if teacher else _cache_tokenizer(cache),
+            provenance,
+            model_state,
+        )
     if env.world > 1:
         dist.barrier()
     return TrainResult(out, student_dir, step, tokens_seen, final, params)

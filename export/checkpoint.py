@@ -66,7 +66,9 @@ class LlamaHParams:
 
     @property
     def n_params_hint(self) -> str:
-        return f"{self.n_layers} layers, hidden {self.n_embd}, {self.n_head}/{self.n_head_kv} heads, vocab {self.n_vocab}"
+        return (
+            f"{self.n_layers} layers, hidden {self.n_embd}, {self.n_head}/{self.n_head_kv} heads, vocab {self.n_vocab}"
+        )
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ def _get(config: dict, key: str, kind: type, where: Path, default: Any = None) -
         raise ExportError(f"{where}: config.json has no {key!r}", hint="is this a complete transformers checkpoint?")
     if kind is float and isinstance(value, int):
         value = float(value)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ExportError(f"{where}: config.json field {key!r} should be {kind.__name__}, got {value!r}")
     return value
 
@@ -148,8 +150,10 @@ def read_hparams(config: dict, where: Path) -> LlamaHParams:
         )
     arch = known[0]
     if arch == "qwen2" and config.get("use_sliding_window"):
-        raise ExportError(f"{where}: use_sliding_window = true is not supported by llama.cpp's qwen2 graph",
-                          hint="set use_sliding_window to false (Qwen2.5 models ship it off)")
+        raise ExportError(
+            f"{where}: use_sliding_window = true is not supported by llama.cpp's qwen2 graph",
+            hint="set use_sliding_window to false (Qwen2.5 models ship it off)",
+        )
     act = config.get("hidden_act", "silu")
     if act != "silu":
         raise ExportError(f"{where}: hidden_act {act!r} is not Llama's silu; llama.cpp would compute a different model")
@@ -232,7 +236,9 @@ def read_checkpoint(model_dir: str | Path) -> Checkpoint:
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ExportError(f"{model_dir} has no config.json", hint="pass a directory written by save_pretrained") from None
+        raise ExportError(
+            f"{model_dir} has no config.json", hint="pass a directory written by save_pretrained"
+        ) from None
     except json.JSONDecodeError as e:
         raise ExportError(f"{cfg_path} is not valid JSON: {e}") from None
     hparams = read_hparams(config, model_dir)
@@ -243,7 +249,9 @@ def read_checkpoint(model_dir: str | Path) -> Checkpoint:
             if t["dtype"] not in SAFETENSORS_DTYPES:
                 raise ExportError(f"{path}: tensor {name} has dtype {t['dtype']}, which is not a float type")
             start, end = t["data_offsets"]
-            tensors[name] = TensorRef(name, t["dtype"], tuple(t["shape"]), path, header["base"] + start, header["base"] + end)
+            tensors[name] = TensorRef(
+                name, t["dtype"], tuple(t["shape"]), path, header["base"] + start, header["base"] + end
+            )
     return Checkpoint(model_dir, config, hparams, tensors)
 
 

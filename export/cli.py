@@ -15,7 +15,6 @@ import typer
 
 from assistant.guard import OneLineErrorGroup as _ExportGroup
 
-
 export_app = typer.Typer(
     cls=_ExportGroup,
     no_args_is_help=True,
@@ -29,7 +28,9 @@ JsonOpt = typer.Option(False, "--json", help="Machine-readable output.")
 ForceOpt = typer.Option(False, "--force", help="Overwrite an existing output file (and its lock entry).")
 NameOpt = typer.Option(None, "--name", help="models.lock name (default: from the file name).")
 RoleOpt = typer.Option(None, "--role", help="models.lock role (repeatable; default: generate).")
-LicenseOpt = typer.Option(None, "--license", help="License recorded in models.lock (default: the teacher's, else unknown).")
+LicenseOpt = typer.Option(
+    None, "--license", help="License recorded in models.lock (default: the teacher's, else unknown)."
+)
 
 
 def _entry_spec(name, roles, license_):
@@ -42,11 +43,17 @@ def _entry_spec(name, roles, license_):
 def gguf_cmd(
     model_dir: Path = typer.Argument(..., help="A LlamaForCausalLM directory (config.json + safetensors)."),
     outtype: str = typer.Option("f16", "--outtype", help="f32, f16 or bf16 for the 2-D weights (norms stay f32)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output .gguf (default: <dir>.<OUTTYPE>.gguf beside it)."),
-    tokenizer_from: Optional[str] = typer.Option(
-        None, "--tokenizer-from", help="Copy the tokenizer verbatim from this GGUF or models.lock name (default: tokenizer_from.json in the directory)."
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Output .gguf (default: <dir>.<OUTTYPE>.gguf beside it)."
     ),
-    pre: Optional[str] = typer.Option(None, "--pre", help="llama.cpp pre-tokenizer name for a BPE tokenizer.json it cannot detect."),
+    tokenizer_from: Optional[str] = typer.Option(
+        None,
+        "--tokenizer-from",
+        help="Copy the tokenizer verbatim from this GGUF or models.lock name (default: tokenizer_from.json in the directory).",
+    ),
+    pre: Optional[str] = typer.Option(
+        None, "--pre", help="llama.cpp pre-tokenizer name for a BPE tokenizer.json it cannot detect."
+    ),
     name: Optional[str] = NameOpt,
     role: Optional[List[str]] = RoleOpt,
     license_: Optional[str] = LicenseOpt,
@@ -59,8 +66,14 @@ def gguf_cmd(
     from export import pipeline, views
 
     req = pipeline.GgufRequest(
-        model_dir=model_dir, out=out, outtype=outtype, tokenizer_from=tokenizer_from, pre=pre, force=force,
-        entry=_entry_spec(name, role, license_), lock=pipeline.LockTarget(lock, enabled=not no_lock),
+        model_dir=model_dir,
+        out=out,
+        outtype=outtype,
+        tokenizer_from=tokenizer_from,
+        pre=pre,
+        force=force,
+        entry=_entry_spec(name, role, license_),
+        lock=pipeline.LockTarget(lock, enabled=not no_lock),
     )
     outcome = pipeline.export_gguf(req)
     if json_out:
@@ -73,7 +86,9 @@ def gguf_cmd(
 def quantize_cmd(
     file: Path = typer.Argument(..., help="An F32/F16/BF16 GGUF written by `assistant export gguf`."),
     type_: str = typer.Option(..., "--type", "-t", help="Comma-separated types, e.g. Q8_0,Q5_K_M,Q4_K_M,Q4_0."),
-    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where <stem>.<TYPE>.gguf go (default: beside FILE)."),
+    out_dir: Optional[Path] = typer.Option(
+        None, "--out-dir", help="Where <stem>.<TYPE>.gguf go (default: beside FILE)."
+    ),
     threads: int = typer.Option(0, "--threads", min=0, help="Quantization threads (0: llama.cpp's default)."),
     name: Optional[str] = typer.Option(None, "--name", help="models.lock name (with several types: a prefix)."),
     role: Optional[List[str]] = RoleOpt,
@@ -87,8 +102,13 @@ def quantize_cmd(
     from export import pipeline, views
 
     req = pipeline.QuantizeRequest(
-        src=file, types=type_, out_dir=out_dir, force=force, threads=threads,
-        entry=_entry_spec(name, role, license_), lock=pipeline.LockTarget(lock, enabled=not no_lock),
+        src=file,
+        types=type_,
+        out_dir=out_dir,
+        force=force,
+        threads=threads,
+        entry=_entry_spec(name, role, license_),
+        lock=pipeline.LockTarget(lock, enabled=not no_lock),
     )
     outcomes = pipeline.quantize_file(req)
     if json_out:

@@ -178,8 +178,10 @@ def _check_shapes(ckpt: Checkpoint, plans: list[TensorPlan]) -> None:
         key = p.gguf_name.split(".", 2)[-1] if p.gguf_name.startswith("blk.") else p.gguf_name
         want = expected.get(key)
         if want is not None and tuple(p.shape) != want:
-            raise ExportError(f"{ckpt.dir}: {p.source.name if p.source else p.gguf_name} has shape {p.shape}, "
-                              f"config.json implies {want}")
+            raise ExportError(
+                f"{ckpt.dir}: {p.source.name if p.source else p.gguf_name} has shape {p.shape}, "
+                f"config.json implies {want}"
+            )
 
 
 def _to_bf16_bits(x):
@@ -196,8 +198,10 @@ def tensor_data(plan: TensorPlan, hp: LlamaHParams, outtype: OutType):
 
     x = llama3_rope_factors(hp) if plan.source is None else load_tensor(plan.source)
     if not np.isfinite(x).all():
-        raise ExportError(f"tensor {plan.source.name if plan.source else plan.gguf_name} contains NaN or inf",
-                          hint="the checkpoint is damaged or training diverged: export an earlier checkpoint")
+        raise ExportError(
+            f"tensor {plan.source.name if plan.source else plan.gguf_name} contains NaN or inf",
+            hint="the checkpoint is damaged or training diverged: export an earlier checkpoint",
+        )
     if plan.permute_heads:
         x = rope_interleave(x, plan.permute_heads)
     if plan.ggml_type == F32:
@@ -205,8 +209,10 @@ def tensor_data(plan: TensorPlan, hp: LlamaHParams, outtype: OutType):
     if outtype.name == "F16":
         peak = float(np.abs(x).max()) if x.size else 0.0
         if peak > F16_MAX:
-            raise ExportError(f"tensor {plan.gguf_name} has values up to {peak:g}, beyond float16's range",
-                              hint="export with --outtype bf16 or f32")
+            raise ExportError(
+                f"tensor {plan.gguf_name} has values up to {peak:g}, beyond float16's range",
+                hint="export with --outtype bf16 or f32",
+            )
         return np.ascontiguousarray(x, dtype=np.float16)
     return _to_bf16_bits(x)
 

@@ -17,7 +17,16 @@ from export.checkpoint import content_sha256, read_checkpoint
 from export.errors import ExportError
 from export.files import check_new_output
 from export.gguf_writer import OUTTYPES, ExportResult, write_gguf
-from export.lock_entry import EntrySpec, check_name_free, default_name, entry_for_path, gguf_locator, make_entry, record, tool_versions
+from export.lock_entry import (
+    EntrySpec,
+    check_name_free,
+    default_name,
+    entry_for_path,
+    gguf_locator,
+    make_entry,
+    record,
+    tool_versions,
+)
 from export.quantize import QuantResult, check_source, output_path, parse_types, quantize
 from export.tokenizer import read_record, tokenizer_for
 from export.verify import VerifyConfig, VerifyReport, verify
@@ -85,7 +94,9 @@ def default_gguf_path(model_dir: Path, outtype: str) -> Path:
     return model_dir.parent / f"{model_dir.name}.{OUTTYPES[outtype.lower()].name}.gguf"
 
 
-def export_gguf(req: GgufRequest, cache: HashCache | None = None, on_tensor: Callable[[str], None] | None = None) -> GgufOutcome:
+def export_gguf(
+    req: GgufRequest, cache: HashCache | None = None, on_tensor: Callable[[str], None] | None = None
+) -> GgufOutcome:
     """Checkpoint directory -> GGUF file -> pinned models.lock entry."""
     cache = cache or HashCache()
     if req.outtype.lower() not in OUTTYPES:
@@ -98,7 +109,10 @@ def export_gguf(req: GgufRequest, cache: HashCache | None = None, on_tensor: Cal
     if req.lock.enabled:
         check_name_free(lock, name, FileSource(_rel(out, lock)), req.force)
     tok = tokenizer_for(
-        ckpt.dir, ckpt.hparams.n_vocab, tokenizer_from=req.tokenizer_from, pre=req.pre,
+        ckpt.dir,
+        ckpt.hparams.n_vocab,
+        tokenizer_from=req.tokenizer_from,
+        pre=req.pre,
         locate_gguf=gguf_locator(lock, cache),
     )
     result = write_gguf(ckpt, tok, out, outtype=req.outtype, force=req.force, on_tensor=on_tensor)
@@ -113,14 +127,20 @@ def export_gguf(req: GgufRequest, cache: HashCache | None = None, on_tensor: Cal
         **({"tokenizer_sha256": tok.source_sha256} if tok.source_sha256 else {}),
         "versions": tool_versions(),
     }
-    spec = replace(req.entry, name=name, description=req.entry.description
-                   or f"{ckpt.name} exported to GGUF {result.outtype} by `assistant export gguf`")
+    spec = replace(
+        req.entry,
+        name=name,
+        description=req.entry.description
+        or f"{ckpt.name} exported to GGUF {result.outtype} by `assistant export gguf`",
+    )
     entry = make_entry(out, lock, spec, base=tok.teacher, provenance=provenance, cache=cache)
     record(lock, entry, force=req.force)
     return GgufOutcome(result, entry, lock.path)
 
 
-def quantize_file(req: QuantizeRequest, cache: HashCache | None = None, on_type: Callable[[str], None] | None = None) -> list[QuantOutcome]:
+def quantize_file(
+    req: QuantizeRequest, cache: HashCache | None = None, on_type: Callable[[str], None] | None = None
+) -> list[QuantOutcome]:
     """One GGUF -> one quantized GGUF per requested type, each with a pinned lock entry."""
     from assistant.store.gguf_file import read_gguf
 
@@ -134,8 +154,12 @@ def quantize_file(req: QuantizeRequest, cache: HashCache | None = None, on_type:
     lock = _load_lock(req.lock)
     source_entry = entry_for_path(lock, src)
     base = source_entry or (lock.find(req.base) if lock is not None and req.base else None)
-    names = [(req.entry.name if len(types) == 1 else f"{req.entry.name}-{t.lower()}") if req.entry.name
-             else default_name(out) for t, out in zip(types, outs)]
+    names = [
+        (req.entry.name if len(types) == 1 else f"{req.entry.name}-{t.lower()}")
+        if req.entry.name
+        else default_name(out)
+        for t, out in zip(types, outs)
+    ]
     if req.lock.enabled:
         for name, out in zip(names, outs):
             check_name_free(lock, name, FileSource(_rel(out, lock)), req.force)
@@ -147,18 +171,29 @@ def quantize_file(req: QuantizeRequest, cache: HashCache | None = None, on_type:
         result = quantize(src, t, out, force=req.force, threads=req.threads)
         entry = None
         if req.lock.enabled:
-            inherited = {k: v for k, v in (base.provenance if base else {}).items()
-                         if k in ("source_dir", "source_sha256", "tokenizer", "tokenizer_sha256") and source_entry}
+            inherited = {
+                k: v
+                for k, v in (base.provenance if base else {}).items()
+                if k in ("source_dir", "source_sha256", "tokenizer", "tokenizer_sha256") and source_entry
+            }
             provenance = {
                 "tool": "assistant export quantize",
-                "quantized_from": {"file": _rel(src, lock), "sha256": src_sha, **({"name": source_entry.name} if source_entry else {})},
+                "quantized_from": {
+                    "file": _rel(src, lock),
+                    "sha256": src_sha,
+                    **({"name": source_entry.name} if source_entry else {}),
+                },
                 **inherited,
                 "fallback_tensors": len(result.fallbacks),
                 **(req.provenance or {}),
                 "versions": tool_versions(),
             }
-            spec = replace(req.entry, name=name, roles=req.entry.roles or (base.roles if base else None),
-                           description=req.entry.description or f"{src.name} quantized to {t} by `assistant export quantize`")
+            spec = replace(
+                req.entry,
+                name=name,
+                roles=req.entry.roles or (base.roles if base else None),
+                description=req.entry.description or f"{src.name} quantized to {t} by `assistant export quantize`",
+            )
             entry = make_entry(out, lock, spec, base=base, provenance=provenance, cache=cache)
             lock = record(lock, entry, force=req.force)
         outcomes.append(QuantOutcome(result, entry))

@@ -73,7 +73,6 @@ class TensorTypeNote:
         return "llama.cpp's mix for this type"
 
 
-
 @dataclass(frozen=True)
 class QuantResult:
     path: Path
@@ -159,7 +158,11 @@ def run_llama_quantize(src: Path, dst: Path, qtype: str, threads: int = 0, *, al
     if rc != 0:
         lines = [ln.strip() for ln in log.getvalue().splitlines() if ln.strip()]
         why = next((ln for ln in reversed(lines) if "failed" in ln or "ERROR" in ln), lines[-1] if lines else "")
-        hint = "use a type that works without an importance matrix, e.g. Q4_K_M" if "imatrix" in why or "importance" in why else None
+        hint = (
+            "use a type that works without an importance matrix, e.g. Q4_K_M"
+            if "imatrix" in why or "importance" in why
+            else None
+        )
         verb = "re-quantize" if allow_requantize else "quantize"
         raise ExportError(f"llama.cpp could not {verb} {src.name} to {qtype} (return code {rc}): {why}", hint=hint)
 

@@ -171,7 +171,12 @@ def serialize(model: SentencePieceModel) -> bytes:
     model_type = {v: k for k, v in MODEL_TYPES.items()}[model.model_type]
     spec = _varint_field(MODEL_TYPE, model_type) + _varint_field(VOCAB_SIZE, len(model.pieces))
     spec += _varint_field(BYTE_FALLBACK, int(model.byte_fallback))
-    for number, value in ((UNK_ID, model.unk_id), (BOS_ID, model.bos_id), (EOS_ID, model.eos_id), (PAD_ID, model.pad_id)):
+    for number, value in (
+        (UNK_ID, model.unk_id),
+        (BOS_ID, model.bos_id),
+        (EOS_ID, model.eos_id),
+        (PAD_ID, model.pad_id),
+    ):
         spec += _varint_field(number, value)
     out += _len_field(TRAINER_SPEC, spec)
     out += _len_field(NORMALIZER_SPEC, _varint_field(ADD_DUMMY_PREFIX, int(model.add_dummy_prefix)))

@@ -36,8 +36,12 @@ PRE_TOKENIZERS: dict[tuple, str] = {
     (("ByteLevel", False, True),): "gpt-2",
     (("Digits", True), ("ByteLevel", False, True)): "smollm",
     (
-        ("Split", r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-         "Isolated", False),
+        (
+            "Split",
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+            "Isolated",
+            False,
+        ),
         ("ByteLevel", False, False),
     ): "qwen2",
 }
@@ -186,11 +190,15 @@ def from_hf_bpe(model_dir: Path, n_vocab: int, pre: str | None = None) -> Tokeni
         raise ExportError(f"{path} is not valid JSON: {e}") from None
     model = tj.get("model") or {}
     if model.get("type") != "BPE":
-        raise ExportError(f"{path} is a {model.get('type')!r} tokenizer; only byte-level BPE is read from tokenizer.json",
-                          hint=f"add the model's original {TOKENIZER_MODEL} for SentencePiece vocabularies")
+        raise ExportError(
+            f"{path} is a {model.get('type')!r} tokenizer; only byte-level BPE is read from tokenizer.json",
+            hint=f"add the model's original {TOKENIZER_MODEL} for SentencePiece vocabularies",
+        )
     if model.get("byte_fallback"):
-        raise ExportError(f"{path} is a SentencePiece-style BPE (byte_fallback)",
-                          hint=f"copy the base model's original {TOKENIZER_MODEL} into {model_dir}")
+        raise ExportError(
+            f"{path} is a SentencePiece-style BPE (byte_fallback)",
+            hint=f"copy the base model's original {TOKENIZER_MODEL} into {model_dir}",
+        )
     vocab: dict[str, int] = model.get("vocab") or {}
     added = tj.get("added_tokens") or []
     top = max([*vocab.values(), *(a["id"] for a in added)], default=-1) + 1
@@ -265,7 +273,9 @@ def from_sentencepiece(model_dir: Path, n_vocab: int) -> TokenizerMeta:
                 special.special_token_ids[typ] = tid
         special.add_to_gguf(w, quiet=True)
 
-    return TokenizerMeta("sentencepiece", f"sentencepiece:{TOKENIZER_MODEL} ({model.model_type})", n_vocab, _harvest(fill))
+    return TokenizerMeta(
+        "sentencepiece", f"sentencepiece:{TOKENIZER_MODEL} ({model.model_type})", n_vocab, _harvest(fill)
+    )
 
 
 def _added_beyond(model_dir: Path, n_pieces: int) -> list[tuple[str, bool]]:

@@ -144,8 +144,10 @@ def load_hf_tokenizer(model_dir: Path, tokenizer_gguf: Path | None = None):
         return AutoTokenizer.from_pretrained(model_dir)
     if tokenizer_gguf is not None:
         return AutoTokenizer.from_pretrained(tokenizer_gguf.parent, gguf_file=tokenizer_gguf.name)
-    raise ExportError(f"{model_dir} has no HF tokenizer to verify against",
-                      hint="save it with tokenizer.save_pretrained(dir) or record tokenizer_from.json")
+    raise ExportError(
+        f"{model_dir} has no HF tokenizer to verify against",
+        hint="save it with tokenizer.save_pretrained(dir) or record tokenizer_from.json",
+    )
 
 
 def torch_greedy(model, ids: list[int], n_new: int) -> list[int]:
@@ -188,9 +190,7 @@ def torch_reference(model_dir: Path, cfg: VerifyConfig, tokenizer_gguf: Path | N
             sequences.append(seq)
     finally:
         torch.set_num_threads(threads)
-    text_ids = [
-        (list(tok(t)["input_ids"]), list(tok(t, add_special_tokens=False)["input_ids"])) for t in cfg.texts
-    ]
+    text_ids = [(list(tok(t)["input_ids"]), list(tok(t, add_special_tokens=False)["input_ids"])) for t in cfg.texts]
     return Reference(prompt_ids, sequences, logits, text_ids)
 
 
@@ -202,8 +202,13 @@ def _load(path: Path, n_ctx: int, threads: int, logits_all: bool):
 
     try:
         return llama_cpp.Llama(
-            model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads, n_threads_batch=threads,
-            logits_all=logits_all, verbose=False,
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=logits_all,
+            verbose=False,
         )
     except (ValueError, RuntimeError) as e:
         raise ExportError(f"llama.cpp could not load {path}: {e}") from None
@@ -268,7 +273,7 @@ def check_file(path: Path, ref: Reference, cfg: VerifyConfig) -> tuple[FileRepor
         matched, file_logits = [], []
         for ids, seq in zip(ref.prompt_ids, ref.sequences):
             cont = llama_greedy(llm, ids, cfg.n_new)
-            matched.append(matched_prefix(cont, seq[len(ids):]))
+            matched.append(matched_prefix(cont, seq[len(ids) :]))
             file_logits.append(llama_logits(llm, seq))
     finally:
         llm.close()
@@ -294,8 +299,14 @@ def check_file(path: Path, ref: Reference, cfg: VerifyConfig) -> tuple[FileRepor
     return report, file_logits
 
 
-def verify(model_dir: Path, files: list[Path], cfg: VerifyConfig = VerifyConfig(), *, tokenizer_gguf: Path | None = None,
-           on_file=None) -> VerifyReport:
+def verify(
+    model_dir: Path,
+    files: list[Path],
+    cfg: VerifyConfig = VerifyConfig(),
+    *,
+    tokenizer_gguf: Path | None = None,
+    on_file=None,
+) -> VerifyReport:
     """Compare every GGUF in ``files`` with the PyTorch model in ``model_dir``."""
     import numpy as np
 
@@ -315,8 +326,9 @@ def verify(model_dir: Path, files: list[Path], cfg: VerifyConfig = VerifyConfig(
             f16_logits = logits
         if f16_logits is not None:
             report.kl_f16 = float(np.concatenate([kl_per_position(a, b) for a, b in zip(f16_logits, logits)]).mean())
-            report.top1_f16 = float(np.mean(np.concatenate(
-                [np.argmax(a, -1) == np.argmax(b, -1) for a, b in zip(f16_logits, logits)])))
+            report.top1_f16 = float(
+                np.mean(np.concatenate([np.argmax(a, -1) == np.argmax(b, -1) for a, b in zip(f16_logits, logits)]))
+            )
         if cfg.speed_tokens:
             report.decode_tps = max(
                 decode_tokens_per_s(files[i], ref.prompt_ids[0], cfg.speed_tokens, cfg.speed_threads)

@@ -40,27 +40,33 @@ def gguf_dict(outcome) -> dict:
 def print_gguf(outcome) -> None:
     d = gguf_dict(outcome)
     c = _console()
-    c.print(f"wrote {d['path']}: {d['outtype']}, {d['size'] / MB:.1f} MB, {d['tensors']} tensors, "
-            f"{d['parameters']:,} parameters ({'tied' if d['tied_embeddings'] else 'untied'} embeddings), "
-            f"tokenizer {d['tokenizer']}, {d['seconds']:.1f} s")
+    c.print(
+        f"wrote {d['path']}: {d['outtype']}, {d['size'] / MB:.1f} MB, {d['tensors']} tensors, "
+        f"{d['parameters']:,} parameters ({'tied' if d['tied_embeddings'] else 'untied'} embeddings), "
+        f"tokenizer {d['tokenizer']}, {d['seconds']:.1f} s"
+    )
     if "lock" in d:
-        c.print(f"models.lock: {d['lock']['name']} ({d['lock']['path']}); try `assistant generate --model {d['lock']['name']} ...`")
+        c.print(
+            f"models.lock: {d['lock']['name']} ({d['lock']['path']}); try `assistant generate --model {d['lock']['name']} ...`"
+        )
 
 
 def quantize_dicts(outcomes) -> list[dict]:
     rows = []
     for o in outcomes:
         r = o.result
-        rows.append({
-            "path": str(r.path),
-            "type": r.qtype,
-            "size": r.size,
-            "seconds": round(r.seconds, 3),
-            "tensor_types": r.type_counts,
-            "fallbacks": [{**asdict(n), "reason": n.reason} for n in r.fallbacks],
-            "mixed": len(r.notes) - len(r.fallbacks),
-            **({"lock_name": o.entry.name, "sha256": o.entry.sha256} if o.entry is not None else {}),
-        })
+        rows.append(
+            {
+                "path": str(r.path),
+                "type": r.qtype,
+                "size": r.size,
+                "seconds": round(r.seconds, 3),
+                "tensor_types": r.type_counts,
+                "fallbacks": [{**asdict(n), "reason": n.reason} for n in r.fallbacks],
+                "mixed": len(r.notes) - len(r.fallbacks),
+                **({"lock_name": o.entry.name, "sha256": o.entry.sha256} if o.entry is not None else {}),
+            }
+        )
     return rows
 
 
@@ -72,8 +78,14 @@ def print_quantize(outcomes) -> None:
         t.add_column(col, justify="right" if col in ("size MB", "fallbacks") else "left")
     for row in quantize_dicts(outcomes):
         types = ", ".join(f"{k}×{v}" for k, v in sorted(row["tensor_types"].items()))
-        t.add_row(Path(row["path"]).name, row["type"], f"{row['size'] / MB:.1f}", types,
-                  str(len(row["fallbacks"])), row.get("lock_name", "-"))
+        t.add_row(
+            Path(row["path"]).name,
+            row["type"],
+            f"{row['size'] / MB:.1f}",
+            types,
+            str(len(row["fallbacks"])),
+            row.get("lock_name", "-"),
+        )
     c = _console()
     c.print(t)
     for row in quantize_dicts(outcomes):
@@ -81,17 +93,32 @@ def print_quantize(outcomes) -> None:
             names = ", ".join(f["name"] for f in row["fallbacks"][:6])
             more = f" and {len(row['fallbacks']) - 6} more" if len(row["fallbacks"]) > 6 else ""
             f0 = row["fallbacks"][0]
-            c.print(f"note: {row['type']}: {len(row['fallbacks'])} tensors fell back from {f0['expected']} "
-                    f"({f0['reason']}): {names}{more}. Keep model dims multiples of 256 for K-quants.")
+            c.print(
+                f"note: {row['type']}: {len(row['fallbacks'])} tensors fell back from {f0['expected']} "
+                f"({f0['reason']}): {names}{more}. Keep model dims multiples of 256 for K-quants."
+            )
 
 
 def print_verify(report) -> None:
     from rich.table import Table
 
-    t = Table(title=f"assistant export verify: {report.n_prompts} held-out code prompts, {report.n_new} greedy tokens each, "
-                    f"{report.positions} positions; decode speed at {report.speed_threads} threads")
-    cols = ("file", "type", "MB", "tokens", "greedy=torch", "KL/torch", "top1/torch", "KL/F16", "top1/F16",
-            "tok/s", "result")
+    t = Table(
+        title=f"assistant export verify: {report.n_prompts} held-out code prompts, {report.n_new} greedy tokens each, "
+        f"{report.positions} positions; decode speed at {report.speed_threads} threads"
+    )
+    cols = (
+        "file",
+        "type",
+        "MB",
+        "tokens",
+        "greedy=torch",
+        "KL/torch",
+        "top1/torch",
+        "KL/F16",
+        "top1/F16",
+        "tok/s",
+        "result",
+    )
     for col in cols:
         t.add_column(col, justify="left" if col in ("file", "type", "result") else "right")
     for f in report.files:

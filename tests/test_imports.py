@@ -115,8 +115,10 @@ def test_stages_do_not_import_each_other_except_the_pipeline():
         f"{name} imports {dep}"
         for name, deps in graph.items()
         for dep in deps
-        if name.split(".")[0] in ("distill", "export") and dep.split(".")[0] in ("distill", "export")
-        and dep.split(".")[0] != name.split(".")[0] and name != "distill.pipeline"
+        if name.split(".")[0] in ("distill", "export")
+        and dep.split(".")[0] in ("distill", "export")
+        and dep.split(".")[0] != name.split(".")[0]
+        and name != "distill.pipeline"
         and not name.endswith(".cli")  # the stage CLIs may share argument types
     ]
     assert offenders == []

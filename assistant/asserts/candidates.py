@@ -40,7 +40,6 @@ class AssertsConfig:
             raise UsageError("--timeout must be positive")
 
 
-
 @dataclass(frozen=True)
 class Candidate:
     """One test case: setup statements (maybe none) and the assert that checks the result."""
@@ -53,7 +52,6 @@ class Candidate:
     @property
     def code(self) -> str:
         return "\n".join((*self.setup, self.test))
-
 
 
 @dataclass
@@ -145,7 +143,9 @@ def _statements(block: str) -> list[ast.stmt]:
     return stmts
 
 
-def extract_candidates(text: str, focal: Focal, module_names: Sequence[str] = (), origin: str = "model") -> list[Candidate]:
+def extract_candidates(
+    text: str, focal: Focal, module_names: Sequence[str] = (), origin: str = "model"
+) -> list[Candidate]:
     """Distinct test cases for ``focal`` in model output: each assert with the setup it needs.
 
     Setup is the earlier simple statements (assignments, calls, imports) that bind or mutate
@@ -188,9 +188,9 @@ def extract_candidates(text: str, focal: Focal, module_names: Sequence[str] = ()
                     continue  # a docstring or a bare string
                 if not _imports_target(s, targets):
                     setup.append(s)
-            elif isinstance(s, ast.FunctionDef) and s.name.startswith("test") and not s.args.args:
-                walk(s.body, setup)
-            elif isinstance(s, ast.If) and "__name__" in ast.unparse(s.test):
+            elif (isinstance(s, ast.FunctionDef) and s.name.startswith("test") and not s.args.args) or (
+                isinstance(s, ast.If) and "__name__" in ast.unparse(s.test)
+            ):
                 walk(s.body, setup)
 
     for block in blocks:
@@ -276,7 +276,9 @@ def build_prompt(info: ModuleInfo, focal: Focal, k: int, seeds: Sequence[Candida
     return message, reply
 
 
-def generate_candidates(engine, info: ModuleInfo, focal: Focal, cfg: AssertsConfig, seeds: Sequence[Candidate] = ()) -> tuple[list[Candidate], Generation]:
+def generate_candidates(
+    engine, info: ModuleInfo, focal: Focal, cfg: AssertsConfig, seeds: Sequence[Candidate] = ()
+) -> tuple[list[Candidate], Generation]:
     """The model's distinct candidates for one function (seeds excluded), over up to ``cfg.tries`` replies.
 
     The first reply is greedy, later ones sampled; each is generated a line at a time
@@ -299,7 +301,7 @@ def generate_candidates(engine, info: ModuleInfo, focal: Focal, cfg: AssertsConf
         if len(found) >= cfg.per_function:
             break
         sampling = Sampling(temperature=0.0 if attempt == 0 else cfg.temperature, seed=cfg.seed + attempt)
-        enough = lambda text: len(new_ones(text)) >= cfg.per_function - len(found)  # noqa: E731
+        enough = lambda text: len(new_ones(text)) >= cfg.per_function - len(found)
         text, tokens, seconds = reply_lines(engine, prompt, reply, sampling, 3 * cfg.per_function + 6, enough)
         report.generations += 1
         report.generated_tokens += tokens
@@ -311,7 +313,9 @@ def generate_candidates(engine, info: ModuleInfo, focal: Focal, cfg: AssertsConf
     return found, report
 
 
-def reply_lines(engine, prompt: str, reply: str, sampling, max_lines: int, enough: Callable[[str], bool]) -> tuple[str, int, float]:
+def reply_lines(
+    engine, prompt: str, reply: str, sampling, max_lines: int, enough: Callable[[str], bool]
+) -> tuple[str, int, float]:
     """Continue ``reply`` one line per generation: (text, tokens generated, seconds).
 
     A small model's reply tends to run away (one assert repeated, or one line that never

@@ -83,7 +83,13 @@ def default_sources() -> list[Source]:
         out.append(Source("stdlib", stdlib, (stdlib / "test",)))
     site = Path(paths["purelib"])
     if site.is_dir():
-        dirs = sorted({p for p in site.rglob("*") if p.name in TEST_DIR_NAMES and p.is_dir() and not _inside_test_dir(p.parent, site)})
+        dirs = sorted(
+            {
+                p
+                for p in site.rglob("*")
+                if p.name in TEST_DIR_NAMES and p.is_dir() and not _inside_test_dir(p.parent, site)
+            }
+        )
         if dirs:
             out.append(Source("site-packages", site, tuple(dirs)))
     return out
@@ -94,7 +100,9 @@ def folder_source(root: Path) -> Source:
     root = Path(root).resolve()
     if not root.is_dir():
         raise UsageError(f"{root} is not a directory", hint="pass a folder that holds test files")
-    dirs = sorted({p for p in root.rglob("*") if p.name in TEST_DIR_NAMES and p.is_dir() and not _inside_test_dir(p.parent, root)})
+    dirs = sorted(
+        {p for p in root.rglob("*") if p.name in TEST_DIR_NAMES and p.is_dir() and not _inside_test_dir(p.parent, root)}
+    )
     return Source(root.name, root, tuple(dirs) or (root,))
 
 
@@ -180,7 +188,9 @@ class _Modules:
 
     def load(self, path: Path) -> _Module | None:
         if path not in self.cache:
-            self.cache[path] = _index_module(path, f"{self.source.name}:{path.relative_to(self.source.root).as_posix()}")
+            self.cache[path] = _index_module(
+                path, f"{self.source.name}:{path.relative_to(self.source.root).as_posix()}"
+            )
         return self.cache[path]
 
 
@@ -336,7 +346,9 @@ def _local_types(method: ast.FunctionDef, scope: _Scope, modules: _Modules) -> d
     return bound
 
 
-def _resolve_call(call: ast.Call, scope: _Scope, modules: _Modules, local: dict | None = None) -> tuple[str, str, str] | None:
+def _resolve_call(
+    call: ast.Call, scope: _Scope, modules: _Modules, local: dict | None = None
+) -> tuple[str, str, str] | None:
     """(focal module key, focal name, source) of a call, if it reaches a library function.
 
     ``obj.m()`` resolves to the class that built ``obj`` in the test method; for receivers
@@ -404,7 +416,12 @@ def _is_assertion(stmt: ast.stmt) -> bool:
         return True
     if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
         f = stmt.value.func
-        return isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "self" and f.attr.startswith("assert")
+        return (
+            isinstance(f, ast.Attribute)
+            and isinstance(f.value, ast.Name)
+            and f.value.id == "self"
+            and f.attr.startswith("assert")
+        )
     return False
 
 
@@ -422,7 +439,9 @@ def _test_methods(tree: ast.Module) -> Iterable[tuple[str, ast.FunctionDef]]:
                     yield f"{node.name}.{item.name}", item
 
 
-def mine_file(path: Path, source: Source, modules: _Modules, stats: BuildStats) -> list[tuple[str, str, str, str, str, str]]:
+def mine_file(
+    path: Path, source: Source, modules: _Modules, stats: BuildStats
+) -> list[tuple[str, str, str, str, str, str]]:
     """(name, focal key, focal name, focal source, prefix, assertion) for each usable test method."""
     text = _read(path)
     tree = _parse(text) if text is not None else None
@@ -503,8 +522,10 @@ def build_dataset(
         raise UsageError(f"split ratios must be three non-negative numbers, not {tuple(ratios)}")
     sources = list(default_sources() if sources is None else sources)
     if not sources:
-        raise AssistantError("no test files to mine: this Python has no `test` package and no test folders in site-packages",
-                             hint="pass a folder with --source DIR")
+        raise AssistantError(
+            "no test files to mine: this Python has no `test` package and no test folders in site-packages",
+            hint="pass a folder with --source DIR",
+        )
     if exclude is None:
         exclude, exclude_sha256 = humaneval_ngrams()
     n = len(next(iter(exclude))) if exclude else NGRAM
@@ -525,11 +546,14 @@ def build_dataset(
             if exclude and any(g in exclude for part in (focal_src, prefix, assertion) for g in ngrams(part, n)):
                 stats.skipped["shares a HumanEval n-gram"] += 1
                 continue
-            rows[split].append(Example(f"{key}::{name}", key, split, focal_key, focal_name, focal_src, prefix, assertion))
+            rows[split].append(
+                Example(f"{key}::{name}", key, split, focal_key, focal_name, focal_src, prefix, assertion)
+            )
             kept += 1
         if kept:
-            files_meta.append({"file": key, "split": split, "examples": kept,
-                               "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+            files_meta.append(
+                {"file": key, "split": split, "examples": kept, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+            )
     out = Path(out)
     split_meta = {}
     for split in SPLITS:
@@ -580,8 +604,10 @@ def load_split(directory: Path, split: str = "test", limit: int | None = None) -
         raise UsageError(f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
     path = Path(directory) / f"{split}.jsonl"
     if not (Path(directory) / "manifest.json").is_file() or not path.is_file():
-        raise UsageError(f"{directory} holds no assertion dataset (manifest.json and {split}.jsonl)",
-                         hint="build one with `python -m assistant.asserts.dataset DIR`, or leave out --dataset")
+        raise UsageError(
+            f"{directory} holds no assertion dataset (manifest.json and {split}.jsonl)",
+            hint="build one with `python -m assistant.asserts.dataset DIR`, or leave out --dataset",
+        )
     out = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
@@ -600,7 +626,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m assistant.asserts.dataset", description=main.__doc__)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--source", type=Path, action="append", default=[], help="a folder to mine (default: stdlib and site-packages tests)")
+    parser.add_argument(
+        "--source",
+        type=Path,
+        action="append",
+        default=[],
+        help="a folder to mine (default: stdlib and site-packages tests)",
+    )
     args = parser.parse_args(argv)
     try:
         sources = [folder_source(s) for s in args.source] or None

@@ -112,7 +112,7 @@ def select(info: ModuleInfo, wanted: Sequence[str] = ()) -> list[Focal]:
         return chosen
     chosen, unknown = [], []
     for w in wanted:
-        matches = [f for f in info.focal if f.name == w or f.class_name == w and not f.attr.startswith("_")]
+        matches = [f for f in info.focal if f.name == w or (f.class_name == w and not f.attr.startswith("_"))]
         if not matches:
             unknown.append(w)
         chosen.extend(m for m in matches if m not in chosen)

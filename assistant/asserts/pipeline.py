@@ -47,8 +47,14 @@ class AssertsReport:
     def totals(self) -> dict:
         t: Counter[str] = Counter()
         for f in self.functions:
-            t.update(generated=f.generated, kept=f.count(KEPT), failing=f.count(FAILING), errored=f.count(ERRORED),
-                     from_model=sum(c.origin == "model" for c in f.candidates), kept_from_model=f.count(KEPT, "model"))
+            t.update(
+                generated=f.generated,
+                kept=f.count(KEPT),
+                failing=f.count(FAILING),
+                errored=f.count(ERRORED),
+                from_model=sum(c.origin == "model" for c in f.candidates),
+                kept_from_model=f.count(KEPT, "model"),
+            )
         return {k: t[k] for k in ("generated", "kept", "failing", "errored", "from_model", "kept_from_model")}
 
     def errored_reasons(self) -> dict[str, int]:
@@ -74,13 +80,19 @@ class AssertsReport:
         }
 
 
-
 Progress = Callable[[str, int, int], None]
 
 
 def run_asserts(
-    engine, info: ModuleInfo, focals: Sequence[Focal], cfg: AssertsConfig, *,
-    out: Path | None = None, coverage: bool = False, command: str = "", on_function: Progress | None = None,
+    engine,
+    info: ModuleInfo,
+    focals: Sequence[Focal],
+    cfg: AssertsConfig,
+    *,
+    out: Path | None = None,
+    coverage: bool = False,
+    command: str = "",
+    on_function: Progress | None = None,
 ) -> AssertsReport:
     """Generate, validate and confirm assertions for ``focals``; render the test file (not written)."""
     from assistant.runtime.engine import ContextError
@@ -96,8 +108,9 @@ def run_asserts(
         seeds = doctest_candidates(focal, targets)
         try:
             found, gen = generate_candidates(engine, info, focal, cfg, seeds)
-            report = FunctionReport(focal.name, generations=gen.generations, generated_tokens=gen.generated_tokens,
-                                    seconds=gen.seconds)
+            report = FunctionReport(
+                focal.name, generations=gen.generations, generated_tokens=gen.generated_tokens, seconds=gen.seconds
+            )
         except ContextError as e:  # one huge function must not sink the others
             found, report = [], FunctionReport(focal.name, note=f"no generation: {e}")
         report.candidates = [*seeds, *found]

@@ -77,9 +77,13 @@ class Coverage:
         return 100.0 * self.covered / self.statements if self.statements else 100.0
 
     def to_dict(self) -> dict:
-        return {"statements": self.statements, "covered": self.covered, "percent": round(self.percent, 2),
-                "import_only": self.import_only, "missing_lines": list(self.missing)}
-
+        return {
+            "statements": self.statements,
+            "covered": self.covered,
+            "percent": round(self.percent, 2),
+            "import_only": self.import_only,
+            "missing_lines": list(self.missing),
+        }
 
 
 # -- the pytest file ----------------------------------------------------------------------------
@@ -101,8 +105,12 @@ def _test_name(focal_name: str, taken: set[str]) -> str:
 
 
 def render_test_file(
-    target: Target, stem: str, groups: Sequence[tuple[str, Sequence[Candidate]]], module_names: Sequence[str],
-    path_expr: str, docstring: str = "",
+    target: Target,
+    stem: str,
+    groups: Sequence[tuple[str, Sequence[Candidate]]],
+    module_names: Sequence[str],
+    path_expr: str,
+    docstring: str = "",
 ) -> Rendered:
     """A pytest file: the loader, the module's names the assertions use, one test per function.
 
@@ -115,7 +123,11 @@ def render_test_file(
         for c in cands:
             used |= free_names(c)
     imported = sorted(used & available)
-    out = [f'"""{docstring}"""\n\n' if docstring else "", loader_header(target, path_expr).rstrip("\n"), "\n\n\n_module = _load_module()\n"]
+    out = [
+        f'"""{docstring}"""\n\n' if docstring else "",
+        loader_header(target, path_expr).rstrip("\n"),
+        "\n\n\n_module = _load_module()\n",
+    ]
     out.extend(f"{n} = _module.{n}\n" for n in imported)
     if stem in used and stem not in available and stem.isidentifier():
         out.append(f"{stem} = _module\n")
@@ -137,7 +149,7 @@ def render_test_file(
     return Rendered(text, lines)
 
 
-CONFIRM = r'''
+CONFIRM = r"""
 import signal as _signal, sys as _s, io as _io, json as _json, traceback as _tb
 _real_out = _s.stdout
 class _Late(BaseException):
@@ -166,7 +178,7 @@ if _loaded is None:
             _signal.setitimer(_signal.ITIMER_REAL, 0)
 {coverage_stop}
 _real_out.write({marker!r} + _json.dumps({{"loaded": _loaded, "failed": _failed, "coverage": _cov}}) + "\n")
-'''
+"""
 
 COVERAGE_START = """
 import coverage as _coverage
@@ -191,8 +203,11 @@ def run_test_file(target: Target, source: str, cfg: AssertsConfig, n_cases: int,
 
     marker = f"@@confirm-{secrets.token_hex(8)}@@"
     program = CONFIRM.format(
-        source=source, marker=marker, timeout=cfg.case_timeout_s * (n_cases + 1),
-        coverage_start=COVERAGE_START if coverage else "", coverage_stop=COVERAGE_STOP if coverage else "_cov = None",
+        source=source,
+        marker=marker,
+        timeout=cfg.case_timeout_s * (n_cases + 1),
+        coverage_start=COVERAGE_START if coverage else "",
+        coverage_stop=COVERAGE_STOP if coverage else "_cov = None",
     )
     limits = Limits(timeout_s=cfg.import_timeout_s + cfg.case_timeout_s * (n_cases + 2) + 10, memory_mb=cfg.memory_mb)
     r = run_program(program, limits, files=target.files, extra_path=target.extra_path)
@@ -203,7 +218,11 @@ def run_test_file(target: Target, source: str, cfg: AssertsConfig, n_cases: int,
 
 
 def confirm(
-    target: Target, stem: str, reports: Sequence[FunctionReport], names: Sequence[str], cfg: AssertsConfig,
+    target: Target,
+    stem: str,
+    reports: Sequence[FunctionReport],
+    names: Sequence[str],
+    cfg: AssertsConfig,
 ) -> None:
     """Run the kept assertions together, as the test file will; demote any that then fail.
 
@@ -224,7 +243,7 @@ def confirm(
         if not result["failed"]:
             return
         dropped = 0
-        for test_name, line, exc in result["failed"]:
+        for _test_name, line, exc in result["failed"]:
             idx = rendered.lines.get(line) if line else None
             if idx is None:  # a setup line failed: blame the next assert below it
                 following = [ln for ln in sorted(rendered.lines) if line is not None and ln > line]
@@ -240,7 +259,9 @@ def confirm(
             return
 
 
-def measure_coverage(target: Target, stem: str, reports: Sequence[FunctionReport], names: Sequence[str], cfg: AssertsConfig) -> Coverage:
+def measure_coverage(
+    target: Target, stem: str, reports: Sequence[FunctionReport], names: Sequence[str], cfg: AssertsConfig
+) -> Coverage:
     """Line coverage of the module by the kept assertions, measured with coverage.py in the sandbox."""
     import importlib.util
 

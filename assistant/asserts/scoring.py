@@ -63,7 +63,9 @@ def normalize(code: str) -> str:
 
 def _is_assertion_line(line: str) -> bool:
     s = line.strip()
-    return s.startswith("assert ") or s.startswith("assert(") or s.startswith("self.assert") or s.startswith("self.fail")
+    return (
+        s.startswith("assert ") or s.startswith("assert(") or s.startswith("self.assert") or s.startswith("self.fail")
+    )
 
 
 def _statement_at(lines: list[str], i: int, max_lines: int = 12) -> str:
@@ -139,7 +141,15 @@ def predict_assertions(
             p = Prediction(ex.id, "", TOO_LONG, 0.0, 0, engine.model.sha256, key)
         else:
             ms = (time.perf_counter() - t0) * 1000
-            p = Prediction(ex.id, extract_assertion(g.text), g.text, round(ms, 1), g.timings.generated_tokens, engine.model.sha256, key)
+            p = Prediction(
+                ex.id,
+                extract_assertion(g.text),
+                g.text,
+                round(ms, 1),
+                g.timings.generated_tokens,
+                engine.model.sha256,
+                key,
+            )
         out.append(p)
         if on_prediction:
             on_prediction(p, i + 1, len(examples))
@@ -197,7 +207,7 @@ class PredictionLog:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a", encoding="utf-8")
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - an append log kept open across calls
 
     def __call__(self, p: Prediction, done: int, total: int) -> None:
         self.file.write(json.dumps(asdict(p), sort_keys=True) + "\n")
@@ -208,7 +218,11 @@ class PredictionLog:
 
 
 def summarize(
-    examples: Sequence[Example], preds: Sequence[Prediction], model: dict, split: str, dataset: dict,
+    examples: Sequence[Example],
+    preds: Sequence[Prediction],
+    model: dict,
+    split: str,
+    dataset: dict,
     reference: tuple[dict, Sequence[Prediction]] | None = None,
 ) -> dict:
     """The eval's result: scores against the ground truth and the reference, and timings."""

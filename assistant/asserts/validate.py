@@ -30,7 +30,6 @@ class Verdict:
     detail: str = ""  # one line: what the code returned, or the exception's message
 
 
-
 @dataclass(frozen=True)
 class Target:
     """How the sandbox and the generated test file import the module under test."""
@@ -98,8 +97,7 @@ def _load_module():
 def loader_header(target: Target, path_expr: str) -> str:
     return (
         "import importlib as _importlib\nimport importlib.util\nimport sys as _sys\nfrom pathlib import Path as _Path\n\n"
-        f"_MODULE_PATH = {path_expr}\n_MODULE_NAME = {target.dotted!r}\n_PACKAGE_DEPTH = {target.depth}\n\n"
-        + LOADER
+        f"_MODULE_PATH = {path_expr}\n_MODULE_NAME = {target.dotted!r}\n_PACKAGE_DEPTH = {target.depth}\n\n" + LOADER
     )
 
 
@@ -202,7 +200,11 @@ def probe_code(c: Candidate) -> str | None:
     node = ast.parse(c.test).body[0]
     t = node.test
     if isinstance(t, ast.Compare) and len(t.ops) == 1 and isinstance(t.ops[0], ast.Eq):
-        lines = [*c.setup, f"__actual__ = {ast.unparse(t.left)}", f"assert __actual__ == {ast.unparse(t.comparators[0])}"]
+        lines = [
+            *c.setup,
+            f"__actual__ = {ast.unparse(t.left)}",
+            f"assert __actual__ == {ast.unparse(t.comparators[0])}",
+        ]
         return "\n".join(lines)
     return None
 
@@ -218,7 +220,7 @@ _LOST_REASONS = {"timeout": "timeout", "failed": "exited", "crashed": "crashed",
 
 
 def parse_records(stdout: str, marker: str) -> list:
-    return [json.loads(line[len(marker):]) for line in stdout.splitlines() if line.startswith(marker)]
+    return [json.loads(line[len(marker) :]) for line in stdout.splitlines() if line.startswith(marker)]
 
 
 def validate(target: Target, stem: str, candidates: Sequence[Candidate], cfg: AssertsConfig) -> Validation:
@@ -238,18 +240,25 @@ def validate(target: Target, stem: str, candidates: Sequence[Candidate], cfg: As
         marker = f"@@asserts-{secrets.token_hex(8)}@@"
         cases = [(candidates[i].code, probe_code(candidates[i])) for i in pending]
         program = HARNESS.format(
-            header=loader_header(target, f"_Path({target.sandbox_path!r}).resolve()"), marker=marker, cases=cases,
-            stem=stem, import_timeout=cfg.import_timeout_s, case_timeout=cfg.case_timeout_s,
+            header=loader_header(target, f"_Path({target.sandbox_path!r}).resolve()"),
+            marker=marker,
+            cases=cases,
+            stem=stem,
+            import_timeout=cfg.import_timeout_s,
+            case_timeout=cfg.case_timeout_s,
         )
         limits = Limits(
             timeout_s=cfg.import_timeout_s + cfg.case_timeout_s * (len(pending) + 1) + 5,
-            memory_mb=cfg.memory_mb, output_bytes=4 * 1024 * 1024,
+            memory_mb=cfg.memory_mb,
+            output_bytes=4 * 1024 * 1024,
         )
         r = run_program(program, limits, files=target.files, extra_path=target.extra_path)
         records = parse_records(r.stdout, marker)
         if not records or not isinstance(records[0], dict):
             why = "timeout" if r.outcome is Outcome.TIMEOUT else r.outcome.value
-            return Validation([Verdict(ERRORED, "import failed", f"{why}: {r.detail}")] * len(candidates), (), f"{why}: {r.detail}")
+            return Validation(
+                [Verdict(ERRORED, "import failed", f"{why}: {r.detail}")] * len(candidates), (), f"{why}: {r.detail}"
+            )
         head, rows = records[0], records[1:]
         if head.get("import") is not None:
             return Validation([Verdict(ERRORED, "import failed", head["import"])] * len(candidates), (), head["import"])

@@ -10,6 +10,6 @@ if len(sys.argv) > 1 and sys.argv[1] in ("--worker", "--probe"):
 
     sys.exit(worker_main(sys.argv[1]))
 
-from assistant.cli.bench.command import main  # noqa: E402
+from assistant.cli.bench.command import main
 
 main()

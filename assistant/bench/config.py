@@ -23,7 +23,9 @@ class BenchConfig:
     gen_tokens: int = 128
     reps: int = 5
     warmup: int = 1
-    cache_prefix: int | None = None  # shared-prefix length of the prompt-cache test; None = max(prompt_tokens), 0 = skip
+    cache_prefix: int | None = (
+        None  # shared-prefix length of the prompt-cache test; None = max(prompt_tokens), 0 = skip
+    )
     cache_suffix: int = 16  # tokens after the shared prefix that differ between the two requests
     bandwidth_bytes: int = GIB
     bandwidth_reps: int = 5
@@ -56,13 +58,17 @@ class BenchConfig:
                 hint="a one-token prompt is decode, not prompt processing",
             )
         if self.gen_tokens < 2:
-            raise UsageError(f"--gen-tokens must be 2 or more, not {self.gen_tokens}", hint="decode speed needs at least two tokens")
+            raise UsageError(
+                f"--gen-tokens must be 2 or more, not {self.gen_tokens}", hint="decode speed needs at least two tokens"
+            )
         if self.reps < 1:
             raise UsageError(f"--reps must be 1 or more, not {self.reps}")
         if self.warmup < 0:
             raise UsageError(f"--warmup must be 0 or more, not {self.warmup}")
         if self.cache_prefix is not None and self.cache_prefix < 0:
-            raise UsageError(f"--cache-prefix must be 0 or more, not {self.cache_prefix}", hint="0 skips the prompt-cache test")
+            raise UsageError(
+                f"--cache-prefix must be 0 or more, not {self.cache_prefix}", hint="0 skips the prompt-cache test"
+            )
         if self.cache_suffix < 1 or self.bandwidth_bytes < (1 << 20) or self.bandwidth_reps < 1:
             raise UsageError("cache_suffix, bandwidth_bytes (>= 1 MiB) and bandwidth_reps must be positive")
 
@@ -77,7 +83,9 @@ def parse_int_list(text: str, option: str) -> tuple[int, ...]:
         try:
             value = int(part)
         except ValueError:
-            raise UsageError(f"{option} must be comma-separated integers, not {text!r}", hint=f"e.g. {option} 1,2") from None
+            raise UsageError(
+                f"{option} must be comma-separated integers, not {text!r}", hint=f"e.g. {option} 1,2"
+            ) from None
         if value not in values:
             values.append(value)
     if not values:

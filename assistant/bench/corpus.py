@@ -17,7 +17,9 @@ def code_files(min_bytes: int = 16_000) -> list[str]:
     if len(files) < 8:  # a zipped or stripped stdlib: fall back to this package's own source
         files = sorted(p for p in Path(__file__).resolve().parents[1].rglob("*.py") if p.stat().st_size >= 2_000)
     if not files:
-        raise BenchError("no Python source found to build benchmark prompts from", hint="run with a standard CPython install")
+        raise BenchError(
+            "no Python source found to build benchmark prompts from", hint="run with a standard CPython install"
+        )
     return [str(p) for p in files]
 
 

@@ -41,8 +41,14 @@ def write_text(path: Path, text: str) -> None:
 
 
 RATIO_FIGURES = (
-    "load_s", "ttft_p50_s", "ttft_p90_s", "prompt_tps_mean", "decode_tps_mean",
-    "llama_decode_tps_mean", "peak_rss_bytes", "ceiling_share",
+    "load_s",
+    "ttft_p50_s",
+    "ttft_p90_s",
+    "prompt_tps_mean",
+    "decode_tps_mean",
+    "llama_decode_tps_mean",
+    "peak_rss_bytes",
+    "ceiling_share",
 )
 
 
@@ -51,18 +57,25 @@ def load_baseline(path: Path) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise BenchError(f"baseline file not found: {path}", hint="save a run first with `assistant bench --out FILE`") from None
+        raise BenchError(
+            f"baseline file not found: {path}", hint="save a run first with `assistant bench --out FILE`"
+        ) from None
     except (OSError, ValueError) as e:
-        raise BenchError(f"baseline {path} is not a readable JSON run: {e}", hint="pass a file written by `assistant bench --out`") from None
+        raise BenchError(
+            f"baseline {path} is not a readable JSON run: {e}", hint="pass a file written by `assistant bench --out`"
+        ) from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("rows"), list):
-        raise BenchError(f"baseline {path} is not an `assistant bench` result ({SCHEMA})", hint="pass a file written by `assistant bench --out`")
+        raise BenchError(
+            f"baseline {path} is not an `assistant bench` result ({SCHEMA})",
+            hint="pass a file written by `assistant bench --out`",
+        )
     return data
 
 
 def baseline_ratios(run: BenchRun | dict, baseline: dict) -> list[dict]:
     """current ÷ baseline for each figure of each (model, threads, prompt tokens) in both runs."""
     current = run.to_dict() if isinstance(run, BenchRun) else run
-    key = lambda r: (r["model"], r["threads"], r["prompt_tokens"])  # noqa: E731
+    key = lambda r: (r["model"], r["threads"], r["prompt_tokens"])
     old = {key(r): r for r in baseline["rows"] if r.get("status") == "ok"}
     out = []
     for r in current["rows"]:
@@ -88,10 +101,28 @@ def fmt(x: float | None, fmt: str, scale: float = 1.0, suffix: str = "") -> str:
 
 
 SPEED_HEADERS = (
-    "model", "quant", "thr", "prompt", "load s", "TTFT p50 / p90 ms", "prompt tok/s", "decode tok/s",
-    "llama.cpp decode tok/s (python %)", "peak RSS MB", "ceiling tok/s", "share",
+    "model",
+    "quant",
+    "thr",
+    "prompt",
+    "load s",
+    "TTFT p50 / p90 ms",
+    "prompt tok/s",
+    "decode tok/s",
+    "llama.cpp decode tok/s (python %)",
+    "peak RSS MB",
+    "ceiling tok/s",
+    "share",
 )
-CACHE_HEADERS = ("model", "thr", "prefix + suffix", "fresh ms", "reused ms", "speedup", "tokens evaluated fresh / reused")
+CACHE_HEADERS = (
+    "model",
+    "thr",
+    "prefix + suffix",
+    "fresh ms",
+    "reused ms",
+    "speedup",
+    "tokens evaluated fresh / reused",
+)
 
 
 def speed_cells(r: BenchRow) -> list[str]:
@@ -116,7 +147,9 @@ def cache_cells(r: CacheRow) -> list[str]:
     if r.status != "ok" or r.ttft_reuse_p50_s is None:
         return head + ["error (below)", "", "", ""]
     return head + [
-        fmt(r.ttft_fresh_p50_s, ".0f", 1000), fmt(r.ttft_reuse_p50_s, ".0f", 1000), fmt(r.speedup, ".1f", 1, "x"),
+        fmt(r.ttft_fresh_p50_s, ".0f", 1000),
+        fmt(r.ttft_reuse_p50_s, ".0f", 1000),
+        fmt(r.speedup, ".1f", 1, "x"),
         f"{r.fresh_evaluated_tokens} / {r.reuse_evaluated_tokens}",
     ]
 
@@ -144,8 +177,13 @@ def error_lines(run: BenchRun) -> list[str]:
 
 
 RATIO_LABELS = {
-    "load_s": "load", "ttft_p50_s": "TTFT p50", "ttft_p90_s": "TTFT p90", "prompt_tps_mean": "prompt tok/s",
-    "decode_tps_mean": "decode tok/s", "llama_decode_tps_mean": "llama.cpp decode", "peak_rss_bytes": "peak RSS",
+    "load_s": "load",
+    "ttft_p50_s": "TTFT p50",
+    "ttft_p90_s": "TTFT p90",
+    "prompt_tps_mean": "prompt tok/s",
+    "decode_tps_mean": "decode tok/s",
+    "llama_decode_tps_mean": "llama.cpp decode",
+    "peak_rss_bytes": "peak RSS",
     "ceiling_share": "ceiling share",
 }
 
@@ -169,7 +207,7 @@ def markdown(run: BenchRun) -> str:
     """The speed and prompt-cache tables as Markdown (for docs/benchmarks.md)."""
 
     def table(headers: Sequence[str], rows: list[list[str]]) -> list[str]:
-        esc = lambda c: c.replace("|", "\\|")  # noqa: E731
+        esc = lambda c: c.replace("|", "\\|")
         return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)] + [
             "| " + " | ".join(esc(c) for c in row) + " |" for row in rows
         ]

@@ -57,7 +57,11 @@ def _subprocess(args: list[str], payload: dict, timeout_s: float) -> dict:
     try:
         done = subprocess.run(
             [sys.executable, "-m", "assistant.bench.worker", *args],
-            input=json.dumps(payload), capture_output=True, text=True, timeout=timeout_s, env=env,
+            input=json.dumps(payload),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         return {"status": "error", "error": f"benchmark process timed out after {timeout_s:.0f} s"}
@@ -76,7 +80,9 @@ def run_bench(cfg: BenchConfig, on_progress: Progress | None = None, cache: Hash
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load_before = load_average()
     say(f"measuring memory bandwidth ({cfg.bandwidth_bytes / GIB:g} GiB copy, best of {cfg.bandwidth_reps})")
-    machine = _subprocess(["--probe"], {"bandwidth_bytes": cfg.bandwidth_bytes, "bandwidth_reps": cfg.bandwidth_reps}, cfg.timeout_s)
+    machine = _subprocess(
+        ["--probe"], {"bandwidth_bytes": cfg.bandwidth_bytes, "bandwidth_reps": cfg.bandwidth_reps}, cfg.timeout_s
+    )
     bandwidth = machine.get("bandwidth_bytes_per_s") if machine.get("status") == "ok" else None
     files = code_files()
     rows: list[BenchRow] = []
@@ -88,13 +94,19 @@ def run_bench(cfg: BenchConfig, on_progress: Progress | None = None, cache: Hash
                 result = {"status": "error", "error": target.error}
             else:
                 spec = {
-                    "path": str(target.model.path), "n_ctx": cfg.n_ctx(), "threads": n_threads,
-                    "prompt_tokens": list(cfg.prompt_tokens), "gen_tokens": cfg.gen_tokens, "reps": cfg.reps,
-                    "warmup": cfg.warmup, "cache_prefix": cfg.resolved_cache_prefix(), "cache_suffix": cfg.cache_suffix,
+                    "path": str(target.model.path),
+                    "n_ctx": cfg.n_ctx(),
+                    "threads": n_threads,
+                    "prompt_tokens": list(cfg.prompt_tokens),
+                    "gen_tokens": cfg.gen_tokens,
+                    "reps": cfg.reps,
+                    "warmup": cfg.warmup,
+                    "cache_prefix": cfg.resolved_cache_prefix(),
+                    "cache_suffix": cfg.cache_suffix,
                     "files": files,
                 }
                 say(f"{target.name}: {n_threads} thread(s) ...")
-                result, others = measure_others(lambda: _subprocess(["--worker"], spec, cfg.timeout_s))
+                result, others = measure_others(lambda spec=spec: _subprocess(["--worker"], spec, cfg.timeout_s))
                 result = {**result, "other_load_cores": others}
             new_rows, cache_row = summarize(target, n_threads, cfg, result, bandwidth)
             rows += new_rows
@@ -103,8 +115,13 @@ def run_bench(cfg: BenchConfig, on_progress: Progress | None = None, cache: Hash
             status = "ok" if result.get("status") == "ok" else f"error: {result.get('error')}"
             say(f"{target.name}: {n_threads} thread(s) {status} ({time.perf_counter() - t0:.1f} s)")
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
-    config.update(threads=list(threads), models=[t.name for t in targets], n_ctx=cfg.n_ctx(),
-                  cache_prefix=cfg.resolved_cache_prefix(),
-                  prompt_corpus={"root": str(Path(files[0]).parent), "files": len(files)})
-    return BenchRun(command_line(cfg), started, config, machine, rows, caches,
-                    {"before": load_before, "after": load_average()})
+    config.update(
+        threads=list(threads),
+        models=[t.name for t in targets],
+        n_ctx=cfg.n_ctx(),
+        cache_prefix=cfg.resolved_cache_prefix(),
+        prompt_corpus={"root": str(Path(files[0]).parent), "files": len(files)},
+    )
+    return BenchRun(
+        command_line(cfg), started, config, machine, rows, caches, {"before": load_before, "after": load_average()}
+    )

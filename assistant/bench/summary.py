@@ -111,11 +111,16 @@ class BenchRun:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BenchRun":
+    def from_dict(cls, d: dict) -> BenchRun:
         """A saved run back (to print or re-render it, e.g. as Markdown for the docs)."""
         return cls(
-            d["command"], d["started"], d["config"], d["machine"],
-            [BenchRow(**r) for r in d["rows"]], [CacheRow(**c) for c in d["prompt_cache"]], d.get("load_average", {}),
+            d["command"],
+            d["started"],
+            d["config"],
+            d["machine"],
+            [BenchRow(**r) for r in d["rows"]],
+            [CacheRow(**c) for c in d["prompt_cache"]],
+            d.get("load_average", {}),
         )
 
 
@@ -144,7 +149,9 @@ def summarize(
             BenchRow(target.name, threads, n, cfg.gen_tokens, status="error", error=error, **base)
             for n in cfg.prompt_tokens
         ]
-        cache = CacheRow(target.name, threads, prefix, cfg.cache_suffix, status="error", error=error) if prefix else None
+        cache = (
+            CacheRow(target.name, threads, prefix, cfg.cache_suffix, status="error", error=error) if prefix else None
+        )
         return rows, cache
     cost = model_cost(target.model.gguf) if target.model else None
     rows = []
@@ -154,21 +161,36 @@ def summarize(
         ttft = [r["ttft_s"] for r in runs]
         prompt_tps = [r["prompt_tokens"] / r["ttft_s"] for r in runs]
         decode_tps = [r["decode_tokens"] / r["decode_s"] for r in runs]
-        llama_prompt = [r["llama_prompt_tokens"] / (r["llama_prompt_ms"] / 1000) for r in runs if r["llama_prompt_ms"] > 0]
-        llama_decode = [r["llama_decode_tokens"] / (r["llama_decode_ms"] / 1000) for r in runs if r["llama_decode_ms"] > 0]
+        llama_prompt = [
+            r["llama_prompt_tokens"] / (r["llama_prompt_ms"] / 1000) for r in runs if r["llama_prompt_ms"] > 0
+        ]
+        llama_decode = [
+            r["llama_decode_tokens"] / (r["llama_decode_ms"] / 1000) for r in runs if r["llama_decode_ms"] > 0
+        ]
         wall_decode = sum(r["decode_s"] for r in runs)
         llama_decode_s = sum(r["llama_decode_ms"] for r in runs) / 1000
         row = BenchRow(
-            target.name, threads, n, cfg.gen_tokens, reps=len(runs), warmup=cfg.warmup, n_ctx=cfg.n_ctx(),
-            load_s=result["load_s"], llama_load_s=result.get("llama_load_s"),
-            peak_rss_bytes=result.get("peak_rss_bytes"), rss_before_load_bytes=result.get("rss_before_load_bytes"),
+            target.name,
+            threads,
+            n,
+            cfg.gen_tokens,
+            reps=len(runs),
+            warmup=cfg.warmup,
+            n_ctx=cfg.n_ctx(),
+            load_s=result["load_s"],
+            llama_load_s=result.get("llama_load_s"),
+            peak_rss_bytes=result.get("peak_rss_bytes"),
+            rss_before_load_bytes=result.get("rss_before_load_bytes"),
             other_load_cores=result.get("other_load_cores"),
-            ttft_p50_s=percentile(ttft, 50), ttft_p90_s=percentile(ttft, 90),
-            decode_s_mean=statistics.fmean(r["decode_s"] for r in runs), decode_tokens=runs[0]["decode_tokens"],
+            ttft_p50_s=percentile(ttft, 50),
+            ttft_p90_s=percentile(ttft, 90),
+            decode_s_mean=statistics.fmean(r["decode_s"] for r in runs),
+            decode_tokens=runs[0]["decode_tokens"],
             llama_prompt_tps_mean=statistics.fmean(llama_prompt) if llama_prompt else None,
             llama_decode_tps_mean=statistics.fmean(llama_decode) if llama_decode else None,
             decode_overhead=1 - llama_decode_s / wall_decode if wall_decode > 0 and llama_decode_s > 0 else None,
-            runs=runs, **base,
+            runs=runs,
+            **base,
         )
         row.prompt_tps_mean, row.prompt_tps_sd = _mean_sd(prompt_tps)
         row.decode_tps_mean, row.decode_tps_sd = _mean_sd(decode_tps)

@@ -70,7 +70,9 @@ def check_context(targets: Sequence[Target], cfg: BenchConfig) -> None:
             continue
         limit = t.model.context_length
         if need > limit:
-            raise UsageError(f"{t.name} has a {limit}-token context but the run needs {need} ({why})", hint=f"{fix} to fit {limit}")
+            raise UsageError(
+                f"{t.name} has a {limit}-token context but the run needs {need} ({why})", hint=f"{fix} to fit {limit}"
+            )
 
 
 @dataclass(frozen=True)

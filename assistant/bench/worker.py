@@ -89,7 +89,9 @@ def _prompt_cache_runs(llm, lc, tokenize, head, spec: dict, files: list[str]) ->
         _first_token(llm, lc, prefix + first)  # the earlier request that leaves the prefix in the KV cache
         reuse_s, reuse_n = _first_token(llm, lc, prefix + second)
         if i >= spec["warmup"]:
-            runs.append({"fresh_s": fresh_s, "fresh_evaluated": fresh_n, "reuse_s": reuse_s, "reuse_evaluated": reuse_n})
+            runs.append(
+                {"fresh_s": fresh_s, "fresh_evaluated": fresh_n, "reuse_s": reuse_s, "reuse_evaluated": reuse_n}
+            )
     return runs
 
 

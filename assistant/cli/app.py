@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-from typing import List, Optional
-
 import typer
 
 from assistant.guard import OneLineErrorGroup as _Group
-
 
 app = typer.Typer(
     cls=_Group,
@@ -24,16 +18,16 @@ eval_app = typer.Typer(cls=_Group, no_args_is_help=True, help="Evaluate models: 
 app.add_typer(eval_app, name="eval")
 
 # Sub-commands that live in their own modules; those modules import nothing heavy at the top.
-from assistant.cli.bench.command import bench  # noqa: E402
-from export.cli import export_app  # noqa: E402
-from distill.cli import distill_app  # noqa: E402
 from assistant.cli.asserts.command import asserts, eval_asserts  # noqa: E402
+from assistant.cli.bench.command import bench  # noqa: E402
+from assistant.cli.evaluate.command import eval_humaneval  # noqa: E402
 from assistant.cli.fidelity.command import fidelity  # noqa: E402
 from assistant.cli.generate import generate  # noqa: E402
-from assistant.cli.models.command import models_list, models_path, models_pull, models_verify  # noqa: E402
-from assistant.cli.evaluate.command import eval_humaneval  # noqa: E402
-from assistant.cli.serve import serve  # noqa: E402
 from assistant.cli.infill import eval_infill, infill  # noqa: E402
+from assistant.cli.models.command import models_list, models_path, models_pull, models_verify  # noqa: E402
+from assistant.cli.serve import serve  # noqa: E402
+from distill.cli import distill_app  # noqa: E402
+from export.cli import export_app  # noqa: E402
 
 app.command("bench")(bench)
 app.add_typer(export_app, name="export")
@@ -50,6 +44,7 @@ eval_app.command("humaneval")(eval_humaneval)
 app.command("serve")(serve)
 app.command("infill")(infill)
 eval_app.command("infill")(eval_infill)
+
 
 def main() -> None:
     app()

@@ -69,7 +69,9 @@ def generate(
     ),
     model: Optional[str] = ModelOpt,
     max_tokens: int = typer.Option(512, "--max-tokens", "-n", min=1),
-    temperature: Optional[float] = typer.Option(None, "--temperature", "-t", min=0.0, help="0 is greedy (default; 0.8 with --rerank)."),
+    temperature: Optional[float] = typer.Option(
+        None, "--temperature", "-t", min=0.0, help="0 is greedy (default; 0.8 with --rerank)."
+    ),
     top_p: float = typer.Option(0.95, "--top-p", min=0.0, max=1.0),
     top_k: int = typer.Option(40, "--top-k", min=0),
     repeat_penalty: float = typer.Option(1.0, "--repeat-penalty", min=0.0),
@@ -81,13 +83,19 @@ def generate(
     ),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Default: physical cores."),
     ctx: Optional[int] = typer.Option(None, "--ctx", min=16, help="Context window (default: model's, at most 4096)."),
-    prompt_style: Optional[str] = typer.Option(None, "--prompt-style", help="chat or completion (default: the model's)."),
+    prompt_style: Optional[str] = typer.Option(
+        None, "--prompt-style", help="chat or completion (default: the model's)."
+    ),
     system: Optional[str] = typer.Option(None, "--system", help="System message for chat models."),
     code_only: bool = typer.Option(False, "--code-only", help="Print only the first code block of the answer."),
     json_out: bool = JsonOpt,
     stats: bool = typer.Option(False, "--stats", help="Print timings to stderr."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the output to FILE (atomically) instead of stdout."),
-    rerank: str = typer.Option("none", "--rerank", help="none, codet or cluster: sample candidates and rank them by executing generated tests."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Write the output to FILE (atomically) instead of stdout."
+    ),
+    rerank: str = typer.Option(
+        "none", "--rerank", help="none, codet or cluster: sample candidates and rank them by executing generated tests."
+    ),
     samples: int = typer.Option(5, "--samples", min=2, help="Candidates to rerank."),
     tests: int = typer.Option(10, "--tests", min=1, help="Asserts to ask the model for when reranking."),
     explain: bool = typer.Option(False, "--explain", help="Show the reranking agreement table on stderr."),
@@ -95,10 +103,10 @@ def generate(
     lock: Optional[Path] = LockOpt,
 ) -> None:
     """Generate code for PROMPT on a local model, streaming to the terminal."""
-    from assistant.codegen import generate as codegen
-    from assistant.runtime.engine import EngineConfig, Sampling
-    from assistant.errors import UsageError
     from assistant.atomic import check_output_file
+    from assistant.codegen import generate as codegen
+    from assistant.errors import UsageError
+    from assistant.runtime.engine import EngineConfig, Sampling
     from assistant.runtime.prompts import Request
     from assistant.runtime.stops import unescape
 
@@ -114,7 +122,9 @@ def generate(
         check_output_file(out)
     request = Request(prompt or "", _read_stdin())
     if not request.user_message().strip():
-        raise UsageError("the prompt is empty", hint='pass one, e.g. assistant generate "a function that reverses a string"')
+        raise UsageError(
+            "the prompt is empty", hint='pass one, e.g. assistant generate "a function that reverses a string"'
+        )
     options = codegen.GenerateOptions(
         model=model,
         lock=lock,

@@ -53,8 +53,10 @@ def infill(
     with Engine(resolved, EngineConfig(n_ctx=ctx, n_threads=threads)) as engine:
         fim = require_fim(engine)
         result = run_infill(
-            engine, InfillRequest(prefix, suffix, extras, str(file)),
-            Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=tuple(stop or ())), fim=fim,
+            engine,
+            InfillRequest(prefix, suffix, extras, str(file)),
+            Sampling(max_tokens=max_tokens, temperature=temperature, seed=seed, stop=tuple(stop or ())),
+            fim=fim,
         )
     if in_place:
         from assistant.atomic import atomic_write_text
@@ -63,20 +65,38 @@ def infill(
     if json_out:
         g = result.generation
         p = result.prompt
-        typer.echo(json.dumps({
-            "text": result.text, "model": {"name": resolved.name, "sha256": resolved.sha256}, "fim": result.family,
-            "cursor": {"line": line, "col": col}, "finish_reason": g.finish_reason, "seed": g.seed,
-            "prompt": {"tokens": len(p.tokens), "prefix_tokens": p.prefix_tokens, "suffix_tokens": p.suffix_tokens,
-                       "prefix_trimmed": p.prefix_trimmed, "suffix_trimmed": p.suffix_trimmed,
-                       "extra_files": list(p.extra_files), "dropped_files": list(p.dropped_files)},
-            "timings": g.timings.__dict__,
-        }, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "text": result.text,
+                    "model": {"name": resolved.name, "sha256": resolved.sha256},
+                    "fim": result.family,
+                    "cursor": {"line": line, "col": col},
+                    "finish_reason": g.finish_reason,
+                    "seed": g.seed,
+                    "prompt": {
+                        "tokens": len(p.tokens),
+                        "prefix_tokens": p.prefix_tokens,
+                        "suffix_tokens": p.suffix_tokens,
+                        "prefix_trimmed": p.prefix_trimmed,
+                        "suffix_trimmed": p.suffix_trimmed,
+                        "extra_files": list(p.extra_files),
+                        "dropped_files": list(p.dropped_files),
+                    },
+                    "timings": g.timings.__dict__,
+                },
+                indent=2,
+            )
+        )
     elif not in_place:
         sys.stdout.write(result.text if result.text.endswith("\n") else result.text + "\n")
     if stats:
         t = result.generation.timings
-        typer.echo(f"{resolved.name}: prompt {t.prompt_tokens} tok | first token {t.ttft_s * 1000:.0f} ms | "
-                   f"{t.generated_tokens} tok at {t.decode_tps:.1f} tok/s | {result.generation.finish_reason}", err=True)
+        typer.echo(
+            f"{resolved.name}: prompt {t.prompt_tokens} tok | first token {t.ttft_s * 1000:.0f} ms | "
+            f"{t.generated_tokens} tok at {t.decode_tps:.1f} tok/s | {result.generation.finish_reason}",
+            err=True,
+        )
     if result.prompt.dropped_files:
         typer.echo(f"note: left out for lack of context: {', '.join(result.prompt.dropped_files)}", err=True)
 
@@ -119,7 +139,10 @@ def eval_infill(
     cfg = InfillConfig(
         kinds=tuple(k.strip() for k in kind.split(",") if k.strip()),
         routes=tuple(r.strip() for r in route.split(",") if r.strip()),
-        per_problem=per_problem, seed=seed, limit=limit, timeout_s=timeout,
+        per_problem=per_problem,
+        seed=seed,
+        limit=limit,
+        timeout_s=timeout,
     )
     cfg.validate()
     resolved = load_model(model, lock, offline)

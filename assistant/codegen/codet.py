@@ -19,9 +19,7 @@ from assistant.runtime.prompts import FENCE_RE
 
 
 def _calls(node: ast.AST, name: str) -> bool:
-    return any(
-        isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name for n in ast.walk(node)
-    )
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == name for n in ast.walk(node))
 
 
 def _assert_nodes(code: str) -> list[ast.Assert]:
@@ -165,7 +163,7 @@ def parse_harness(stdout: str, marker: str, n_tests: int) -> list[CaseResult]:
     """The harness's result line, or all-failed rows if the candidate never got there."""
     for line in reversed(stdout.splitlines()):
         if line.startswith(marker):
-            data = json.loads(line[len(marker):])
+            data = json.loads(line[len(marker) :])
             return [CaseResult(r["pass"], r["out"]) for r in data["rows"]]
     return [CaseResult(False, None)] * n_tests
 
@@ -221,9 +219,7 @@ def cluster_rank(matrix: Sequence[Sequence[CaseResult]], valid: Sequence[bool]) 
     for i, row in enumerate(matrix):
         if valid[i] and any(r.output is not None for r in row):
             sets.setdefault(tuple(r.output for r in row), []).append(i)
-    groups = [
-        Group(tuple(m), tuple(j for j, r in enumerate(matrix[m[0]]) if r.passed), len(m)) for m in sets.values()
-    ]
+    groups = [Group(tuple(m), tuple(j for j, r in enumerate(matrix[m[0]]) if r.passed), len(m)) for m in sets.values()]
     groups.sort(key=lambda g: (-g.score, -len(g.tests_passed), g.members[0]))
     first_valid = next((i for i, v in enumerate(valid) if v), 0)
     return Ranking("cluster", groups[0].members[0] if groups else first_valid, groups)

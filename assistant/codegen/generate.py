@@ -7,12 +7,12 @@ import secrets
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from assistant.runtime.engine import Engine, EngineConfig, Generation, Sampling, TextCallback
+from assistant.codegen.rerank import RerankResult
 from assistant.errors import UsageError
+from assistant.runtime.engine import Engine, EngineConfig, Generation, Sampling, TextCallback
+from assistant.runtime.prompts import DEFAULT_SYSTEM, Request, extract_code
 from assistant.store.lockfile import load_lock
 from assistant.store.resolve import HashCache, ResolvedModel, offline_mode, resolve
-from assistant.runtime.prompts import DEFAULT_SYSTEM, Request, extract_code
-from assistant.codegen.rerank import RerankResult
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,9 @@ def generate(request: Request, options: GenerateOptions, on_text: TextCallback |
     return result
 
 
-def _reranked(engine: Engine, request: Request, prompt: str, sampling: Sampling, options: GenerateOptions, style: str) -> GenerateResult:
+def _reranked(
+    engine: Engine, request: Request, prompt: str, sampling: Sampling, options: GenerateOptions, style: str
+) -> GenerateResult:
     """CodeT / cluster reranking of ``options.samples`` candidates for a free-form request."""
     from assistant.codegen.rerank import generate_tests, main_function, rerank, sample_candidates, sandbox_runner
     from assistant.sandbox.limits import Limits
@@ -119,13 +121,22 @@ def _reranked(engine: Engine, request: Request, prompt: str, sampling: Sampling,
     codes = [extract_code(g.text) for g in candidates]
     entry = main_function(codes)
     if entry is None:
-        return GenerateResult(engine.model, candidates[0], sampling, style, candidates=candidates, note="no candidate defines a function: reranking skipped, first candidate shown")
+        return GenerateResult(
+            engine.model,
+            candidates[0],
+            sampling,
+            style,
+            candidates=candidates,
+            note="no candidate defines a function: reranking skipped, first candidate shown",
+        )
     tests, used, failed = generate_tests(engine, request.user_message(), entry, options.tests, sampling)
     valid = [c if _parses(c) else None for c in codes]
     runner = sandbox_runner(Limits(timeout_s=options.timeout_s))
     rr = rerank(options.rerank, valid, tests, runner, test_generations=used, test_parse_failures=failed)
     note = "" if tests else "the model wrote no usable asserts: every candidate ties, first valid one shown"
-    return GenerateResult(engine.model, candidates[rr.chosen], sampling, style, rerank=rr, candidates=candidates, note=note)
+    return GenerateResult(
+        engine.model, candidates[rr.chosen], sampling, style, rerank=rr, candidates=candidates, note=note
+    )
 
 
 def _parses(code: str) -> bool:

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import ast
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Sequence
 
-from assistant.codegen.codet import RANKERS, CaseResult, ProgramRunner, Ranking, assert_request, extract_asserts, run_matrix
+from assistant.codegen.codet import (
+    RANKERS,
+    CaseResult,
+    ProgramRunner,
+    Ranking,
+    assert_request,
+    extract_asserts,
+    run_matrix,
+)
 from assistant.runtime.engine import Engine, Generation, Sampling
 from assistant.runtime.prompts import Request
 
@@ -51,7 +59,11 @@ def generate_tests(
     for attempt in range(TEST_TRIES):
         if len(tests) >= m + len(seeds):
             break
-        s = replace(sampling, temperature=0.0 if attempt == 0 else max(sampling.temperature, 0.8), seed=(sampling.seed or 0) + 1000 + attempt)
+        s = replace(
+            sampling,
+            temperature=0.0 if attempt == 0 else max(sampling.temperature, 0.8),
+            seed=(sampling.seed or 0) + 1000 + attempt,
+        )
         found = extract_asserts(engine.generate(prompt, s).text, entry_point)
         used += 1
         failures += not found
@@ -80,7 +92,9 @@ def rerank_many(
     return out
 
 
-def rerank(method: str, solutions: Sequence[str | None], tests: list[str], runner: ProgramRunner, **counts) -> RerankResult:
+def rerank(
+    method: str, solutions: Sequence[str | None], tests: list[str], runner: ProgramRunner, **counts
+) -> RerankResult:
     return rerank_many([method], solutions, tests, runner, **counts)[0]
 
 

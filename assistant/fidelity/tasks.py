@@ -24,7 +24,15 @@ from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
 from assistant.codegen.codet import harness_program, parse_harness
-from assistant.evaluation.humaneval import DatasetError, Problem, chat_request, hidden_test_program, read_jsonl_objects, sanitize, truncate_body
+from assistant.evaluation.humaneval import (
+    DatasetError,
+    Problem,
+    chat_request,
+    hidden_test_program,
+    read_jsonl_objects,
+    sanitize,
+    truncate_body,
+)
 from assistant.fidelity.relations.registry import NotApplicable, apply_relation
 from assistant.runtime.prompts import FENCE_RE
 
@@ -120,7 +128,11 @@ def _strip_docstrings(tree: ast.AST) -> None:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 node.body = node.body[1:] or [ast.Pass()]
 
 
@@ -146,8 +158,12 @@ def _is_assertion(stmt: ast.stmt) -> bool:
     """``assert ...`` or a unittest-style ``self.assertX(...)`` / ``self.fail(...)`` call."""
     if isinstance(stmt, ast.Assert):
         return True
-    return (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and isinstance(stmt.value.func, ast.Attribute)
-            and (stmt.value.func.attr.startswith("assert") or stmt.value.func.attr == "fail"))
+    return (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Call)
+        and isinstance(stmt.value.func, ast.Attribute)
+        and (stmt.value.func.attr.startswith("assert") or stmt.value.func.attr == "fail")
+    )
 
 
 def first_assert(text: str, mask: str = "<AssertPlaceHolder>") -> str | None:
@@ -203,7 +219,7 @@ def split_marked(program: str) -> tuple[str, str] | None:
     if len(found) != 1:
         return None
     m = found[0]
-    return program[: m.start()], program[: m.start()] + program[m.end():]
+    return program[: m.start()], program[: m.start()] + program[m.end() :]
 
 
 def names_tests_use(problem: Problem) -> frozenset:
@@ -229,7 +245,9 @@ def hidden_asserts(problem: Problem, entry_point: str) -> list[str]:
         return []
     out = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assert) and any(isinstance(n, ast.Name) and n.id == "candidate" for n in ast.walk(node.test)):
+        if isinstance(node, ast.Assert) and any(
+            isinstance(n, ast.Name) and n.id == "candidate" for n in ast.walk(node.test)
+        ):
             node.msg = None
             src = ast.unparse(_Renamer({"candidate": entry_point}).visit(node))
             if src not in out:
@@ -270,7 +288,7 @@ class CompletionTask:
                     skips.append(Skip(p.task_id, rel, "prompt unchanged"))
                     continue
                 entry = t.renames.get(p.entry_point, p.entry_point)
-                problem = replace(p, prompt=prompt, entry_point=entry, canonical_solution=program[len(prompt):])
+                problem = replace(p, prompt=prompt, entry_point=entry, canonical_solution=program[len(prompt) :])
                 v = Variant(p.task_id, rel, prompt, dict(t.renames), problem=problem, verified=has_solution)
                 if has_solution:
                     pending.append((v, hidden_test_program(problem, program)))
@@ -304,7 +322,14 @@ class CompletionTask:
             solutions.append(sol)
             if not sol.problem:
                 asserts = hidden_asserts(v.problem, v.problem.entry_point)
-                jobs.append((i, hidden_test_program(v.problem, sol.code), harness_program(sol.code, asserts, marker), len(asserts)))
+                jobs.append(
+                    (
+                        i,
+                        hidden_test_program(v.problem, sol.code),
+                        harness_program(sol.code, asserts, marker),
+                        len(asserts),
+                    )
+                )
         programs = [prog for _, hidden, harness, _ in jobs for prog in (hidden, harness)]
         results = self.run_programs(programs) if programs else []
         ran: dict[int, tuple[bool, str]] = {}
@@ -433,7 +458,7 @@ class AssertTask:
         for v, raw in zip(variants, outputs):
             if style == "completion":
                 prefix = self.request(v, style)
-                raw = prefix[prefix.rfind("\n") + 1:] + raw
+                raw = prefix[prefix.rfind("\n") + 1 :] + raw
             found = first_assert(raw, self._mask(v))
             if found is None:
                 out.append(Judgement(" ".join(raw.split()), False, None, "no assert"))

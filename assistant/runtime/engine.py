@@ -12,13 +12,13 @@ import ctypes
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from assistant.errors import AssistantError, UsageError
 from assistant.runtime.hardware import physical_cores
-from assistant.store.resolve import ResolvedModel
 from assistant.runtime.prompts import DEFAULT_SYSTEM, Request, completion_text
 from assistant.runtime.stops import StopFilter
+from assistant.store.resolve import ResolvedModel
 
 DEFAULT_CTX = 4096
 # llama.cpp takes the seed as a uint32 and reads 0xFFFFFFFF (LLAMA_DEFAULT_SEED) as "pick one at
@@ -143,9 +143,7 @@ class Engine:
                     f"the chat template of {self.model.name} does not parse: {self._chat_error}",
                     hint="use --prompt-style completion",
                 )
-            raise AssistantError(
-                f"{self.model.name} has no chat template", hint="use --prompt-style completion"
-            )
+            raise AssistantError(f"{self.model.name} has no chat template", hint="use --prompt-style completion")
         user = request.user_message()
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         try:
@@ -268,14 +266,14 @@ class Engine:
     def close(self) -> None:
         self.llm.close()
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-def _tolerant_llama(llama_cpp):
+def _tolerant_llama(llama_cpp: Any) -> Any:
     """``Llama`` that loads a model whose chat template does not compile.
 
     llama-cpp-python 0.3.36 compiles every ``tokenizer.chat_template*`` in the file while it loads

@@ -44,20 +44,52 @@ class FimFamily:
 
 FAMILIES: tuple[FimFamily, ...] = (
     FimFamily(
-        "qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
-        ("<|endoftext|>", "<|fim_pad|>", "<|file_sep|>", "<|repo_name|>", "<|im_end|>", "<|fim_prefix|>",
-         "<|fim_suffix|>", "<|fim_middle|>"),
+        "qwen",
+        "<|fim_prefix|>",
+        "<|fim_suffix|>",
+        "<|fim_middle|>",
+        "<|fim_pad|>",
+        "<|repo_name|>",
+        "<|file_sep|>",
+        (
+            "<|endoftext|>",
+            "<|fim_pad|>",
+            "<|file_sep|>",
+            "<|repo_name|>",
+            "<|im_end|>",
+            "<|fim_prefix|>",
+            "<|fim_suffix|>",
+            "<|fim_middle|>",
+        ),
     ),
     FimFamily(
-        "codegemma", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", None, None, "<|file_separator|>",
+        "codegemma",
+        "<|fim_prefix|>",
+        "<|fim_suffix|>",
+        "<|fim_middle|>",
+        None,
+        None,
+        "<|file_separator|>",
         ("<|file_separator|>", "<eos>", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
     ),
     FimFamily(
-        "starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>", "<reponame>", "<file_sep>",
+        "starcoder",
+        "<fim_prefix>",
+        "<fim_suffix>",
+        "<fim_middle>",
+        "<fim_pad>",
+        "<reponame>",
+        "<file_sep>",
         ("<|endoftext|>", "<fim_pad>", "<file_sep>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
     ),
     FimFamily(
-        "deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>", None, None, None,
+        "deepseek",
+        "<｜fim▁begin｜>",
+        "<｜fim▁hole｜>",
+        "<｜fim▁end｜>",
+        None,
+        None,
+        None,
         ("<｜end▁of▁sentence｜>", "<|EOT|>"),
     ),
 )
@@ -335,7 +367,8 @@ def split_at(text: str, line: int, col: int) -> tuple[str, str]:
     lines = text.split("\n")
     if line < 1 or line > len(lines):
         raise UsageError(
-            f"line {line} is outside the file, which has {len(lines)} lines", hint="pass --at LINE:COL with 1-based numbers"
+            f"line {line} is outside the file, which has {len(lines)} lines",
+            hint="pass --at LINE:COL with 1-based numbers",
         )
     width = len(lines[line - 1])
     if col < 1 or col > width + 1:

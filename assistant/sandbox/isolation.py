@@ -111,7 +111,7 @@ class Libc:
         self._check(self.lib.prctl(option, arg, 0, 0, 0), f"prctl({option})")
 
     def mount(self, source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-        enc = lambda s: None if s is None else os.fsencode(s)  # noqa: E731
+        enc = lambda s: None if s is None else os.fsencode(s)
         self._check(self.lib.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
 
     def mount_setattr(self, path: str, recursive: bool, set_: int = 0, clear: int = 0) -> None:

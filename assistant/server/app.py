@@ -20,9 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from assistant.errors import AssistantError
-from assistant.server import llamacpp_routes, ollama_routes, openai_routes
 from assistant.server.errors import ApiError, family_of
 from assistant.server.plumbing import error_response
+from assistant.server.routes import llamacpp, ollama, openai
 from assistant.server.security import Security
 from assistant.server.state import ServerState
 
@@ -32,8 +32,9 @@ __all__ = ["ServerState", "ServerThread", "bind", "create_app", "uvicorn_server"
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
-    return error_response(family_of(request.url.path),
-                          ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail))))
+    return error_response(
+        family_of(request.url.path), ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail)))
+    )
 
 
 def create_app(state: ServerState, *, load_in_background: bool = True) -> Security:
@@ -50,7 +51,7 @@ def create_app(state: ServerState, *, load_in_background: bool = True) -> Securi
                     await loader
             await asyncio.get_running_loop().run_in_executor(None, state.close)
 
-    routes = openai_routes.routes(state) + ollama_routes.routes(state) + llamacpp_routes.routes(state)
+    routes = openai.routes(state) + ollama.routes(state) + llamacpp.routes(state)
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     app.state.server = state
     return Security(app, state.cfg, state.metrics)  # type: ignore[arg-type]  # MutableMapping vs dict scopes
@@ -68,8 +69,9 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host.strip("[]"), port))
     except OSError as e:
         sock.close()
-        raise AssistantError(f"cannot listen on {host}:{port}: {e.strerror}",
-                             hint="pick another --port, or stop what is using it") from None
+        raise AssistantError(
+            f"cannot listen on {host}:{port}: {e.strerror}", hint="pick another --port, or stop what is using it"
+        ) from None
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
@@ -78,8 +80,15 @@ def bind(host: str, port: int) -> socket.socket:
 def uvicorn_server(app: Security, log_level: str = "warning") -> Any:
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", timeout_graceful_shutdown=2,
-                            server_header=False, date_header=True)
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+        server_header=False,
+        date_header=True,
+    )
     return uvicorn.Server(config)
 
 

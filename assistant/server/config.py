@@ -57,6 +57,9 @@ class ServeConfig:
             raise UsageError(f"--queue {self.queue} is negative", hint="pass 0 (no waiting) or more")
         for o in self.cors_origins:
             if o != "*" and "://" not in o:
-                raise UsageError(f"--cors-origin {o!r} is not an origin", hint="pass scheme://host[:port], e.g. http://localhost:3000")
+                raise UsageError(
+                    f"--cors-origin {o!r} is not an origin",
+                    hint="pass scheme://host[:port], e.g. http://localhost:3000",
+                )
         if self.max_body_bytes < 1024:
             raise UsageError("--max-body is below 1 KiB", hint="pass at least 1024 bytes")

@@ -6,17 +6,31 @@ import json
 from typing import Any
 
 OPENAI_TYPES = {
-    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-    405: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
-    501: "not_supported_error", 503: "server_overloaded", 500: "server_error",
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    501: "not_supported_error",
+    503: "server_overloaded",
+    500: "server_error",
 }
 
 
 class ApiError(Exception):
     """A request the server refuses, with the HTTP status and (for OpenAI) the offending parameter."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
@@ -33,7 +47,9 @@ def family_of(path: str) -> str:
     return "llamacpp"
 
 
-def error_body(family: str, status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+def error_body(
+    family: str, status: int, message: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     if family == "openai":
         return {"error": {"message": message, "type": kind, "param": param, "code": code}}

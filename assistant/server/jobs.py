@@ -29,8 +29,16 @@ def cached_prefix(engine: Engine, tokens: list[int]) -> int:
 
 
 def sampling_for(
-    *, max_tokens: int | None, default_max: int, cap: int, temperature: float | None, top_p: float | None,
-    top_k: int | None, seed: int | None, stop: tuple[str, ...], repeat_penalty: float | None = None,
+    *,
+    max_tokens: int | None,
+    default_max: int,
+    cap: int,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    seed: int | None,
+    stop: tuple[str, ...],
+    repeat_penalty: float | None = None,
     model_stop: tuple[str, ...] = (),
 ) -> Sampling:
     """The engine's sampling from a request; ``max_tokens`` is clamped to the server's cap."""
@@ -53,8 +61,11 @@ def check_fits(model: ModelHandle, prompt: str) -> int:
     """The prompt's token count, or 400 before any streaming starts when it cannot fit the context."""
     n = len(model.engine.tokenize(prompt))
     if n >= model.engine.n_ctx:
-        raise ApiError(400, f"the prompt is {n} tokens but the context window is {model.engine.n_ctx}; shorten it",
-                       code="context_length_exceeded")
+        raise ApiError(
+            400,
+            f"the prompt is {n} tokens but the context window is {model.engine.n_ctx}; shorten it",
+            code="context_length_exceeded",
+        )
     return n
 
 
@@ -126,7 +137,9 @@ def parse_messages(raw: list[Any], param: str = "messages") -> list[dict[str, st
             parts = []
             for p in content:
                 if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
-                    raise ApiError(400, f"'{where}.content' may hold only text parts ({{\"type\": \"text\"}})", param=where)
+                    raise ApiError(
+                        400, f'\'{where}.content\' may hold only text parts ({{"type": "text"}})', param=where
+                    )
                 parts.append(p["text"])
             content = "".join(parts)
         if not isinstance(content, str):

@@ -72,18 +72,31 @@ class Metrics:
 
         counter("assistant_requests_total", "HTTP requests by route and status.", ("route", "status"), self.requests)
         counter("assistant_prompt_tokens_total", "Prompt tokens processed or reused.", ("model",), self.prompt_tokens)
-        counter("assistant_prompt_tokens_cached_total", "Prompt tokens served from the KV cache.", ("model",),
-                self.cached_tokens)
+        counter(
+            "assistant_prompt_tokens_cached_total",
+            "Prompt tokens served from the KV cache.",
+            ("model",),
+            self.cached_tokens,
+        )
         counter("assistant_generated_tokens_total", "Tokens generated.", ("model",), self.generated_tokens)
         counter("assistant_generations_total", "Generations by finish reason.", ("model", "finish"), self.generations)
-        counter("assistant_cancelled_total", "Generations cancelled (disconnect, superseded, deadline).", ("reason",),
-                self.cancelled)
+        counter(
+            "assistant_cancelled_total",
+            "Generations cancelled (disconnect, superseded, deadline).",
+            ("reason",),
+            self.cancelled,
+        )
         counter("assistant_rejected_total", "Requests refused because the queue was full.", ("model",), self.rejected)
         histogram("assistant_request_seconds", "Time from request to the last byte.", ("route",), self.request_seconds)
-        histogram("assistant_time_to_first_token_seconds", "Time from start of generation to the first token.",
-                  ("model",), self.ttft_seconds)
-        histogram("assistant_queue_wait_seconds", "Time spent waiting for a free context.", ("model",),
-                  self.queue_seconds)
+        histogram(
+            "assistant_time_to_first_token_seconds",
+            "Time from start of generation to the first token.",
+            ("model",),
+            self.ttft_seconds,
+        )
+        histogram(
+            "assistant_queue_wait_seconds", "Time spent waiting for a free context.", ("model",), self.queue_seconds
+        )
         for name, fn in self.gauges.items():
             out.append(f"# TYPE {name} gauge")
             for key, v in sorted(fn().items()):

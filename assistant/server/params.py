@@ -23,8 +23,15 @@ def parse_json(raw: bytes) -> dict[str, Any]:
 
 
 def _type_name(v: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-            dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+        type(None): "null",
+    }.get(type(v), type(v).__name__)
 
 
 class Body:
@@ -62,7 +69,9 @@ class Body:
         self._range(key, v, lo, hi)
         return v
 
-    def number(self, key: str, default: float | None, *, lo: float | None = None, hi: float | None = None) -> float | None:
+    def number(
+        self, key: str, default: float | None, *, lo: float | None = None, hi: float | None = None
+    ) -> float | None:
         v = self.data.get(key)
         if v is None:
             return default
@@ -110,5 +119,7 @@ class Body:
         if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
             raise self._bad(key, "a string or an array of strings", v)
         if len(items) > MAX_STOPS:
-            raise ApiError(400, f"'{self.where + key}' has {len(items)} entries; at most {MAX_STOPS}", param=self.where + key)
+            raise ApiError(
+                400, f"'{self.where + key}' has {len(items)} entries; at most {MAX_STOPS}", param=self.where + key
+            )
         return tuple(s for s in items if s)

@@ -73,8 +73,9 @@ def ndjson(obj: Any) -> bytes:
 
 
 def error_response(family: str, err: ApiError) -> JSONResponse:
-    return JSONResponse(error_body(family, err.status, err.message, err.param, err.code), err.status,
-                        headers=err.headers)
+    return JSONResponse(
+        error_body(family, err.status, err.message, err.param, err.code), err.status, headers=err.headers
+    )
 
 
 def endpoint(fn: Endpoint) -> Endpoint:
@@ -87,8 +88,14 @@ def endpoint(fn: Endpoint) -> Endpoint:
         except ApiError as e:
             return error_response(family, e)
         except Cancelled as e:
-            return error_response(family, ApiError(499 if e.reason == "disconnect" else 409,
-                                                   f"the request was cancelled ({e.reason})", code="cancelled"))
+            return error_response(
+                family,
+                ApiError(
+                    499 if e.reason == "disconnect" else 409,
+                    f"the request was cancelled ({e.reason})",
+                    code="cancelled",
+                ),
+            )
         except AssistantError as e:
             return error_response(family, ApiError(400, str(e)))
         except Exception as e:  # a bug: say what it was in one line, keep the server up

@@ -99,8 +99,10 @@ class ModelHandle:
             return slot
         if self.queued >= self.queue_limit:
             raise ApiError(
-                503, f"the server is busy: {len(self.slots)} generation(s) running and {self.queued} waiting",
-                code="queue_full", headers={"Retry-After": "1"},
+                503,
+                f"the server is busy: {len(self.slots)} generation(s) running and {self.queued} waiting",
+                code="queue_full",
+                headers={"Retry-After": "1"},
             )
         fut: asyncio.Future[Slot] = loop.create_future()
         self.waiters.append((fut, client, prompt))
@@ -160,7 +162,13 @@ class Scheduler:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(
-        self, model: ModelHandle, work: Work, *, client: str, prompt_key: str, infill: bool = False,
+        self,
+        model: ModelHandle,
+        work: Work,
+        *,
+        client: str,
+        prompt_key: str,
+        infill: bool = False,
         deadline_s: float | None = None,
     ) -> Ticket:
         """Start ``work`` on a context of ``model`` (now or after the queue); raises ApiError 503 when full."""
@@ -186,8 +194,9 @@ class Scheduler:
         task.add_done_callback(self._tasks.discard)
         return ticket
 
-    async def _run(self, t: Ticket, got: Slot | asyncio.Future[Slot], work: Work, prompt_key: str,
-                   deadline: float | None) -> None:
+    async def _run(
+        self, t: Ticket, got: Slot | asyncio.Future[Slot], work: Work, prompt_key: str, deadline: float | None
+    ) -> None:
         loop = asyncio.get_running_loop()
         name = t.model.name
         t0 = time.perf_counter()

@@ -24,10 +24,23 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 log = logging.getLogger("assistant.server")
 OPEN_PATHS = frozenset({"/health", "/v1/health"})  # answer without the API key (load balancers, editors' probes)
-KNOWN_ROUTES = frozenset({
-    "/v1/models", "/v1/chat/completions", "/v1/completions", "/api/tags", "/api/show", "/api/generate", "/api/chat",
-    "/api/version", "/api/ps", "/infill", "/health", "/v1/health", "/metrics",
-})
+KNOWN_ROUTES = frozenset(
+    {
+        "/v1/models",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/api/tags",
+        "/api/show",
+        "/api/generate",
+        "/api/chat",
+        "/api/version",
+        "/api/ps",
+        "/infill",
+        "/health",
+        "/v1/health",
+        "/metrics",
+    }
+)
 
 
 class BodyTooLarge(Exception):
@@ -101,15 +114,25 @@ class Security:
             await counted_send({"type": "http.response.body", "body": body})
 
         if not self.host_ok(host):
-            await refuse(ApiError(403, f"Host header {_host_name(host)!r} is not allowed (DNS rebinding protection); "
-                                  "connect to 127.0.0.1 or localhost, or start the server with --allow-host NAME",
-                                  code="host_not_allowed"))
+            await refuse(
+                ApiError(
+                    403,
+                    f"Host header {_host_name(host)!r} is not allowed (DNS rebinding protection); "
+                    "connect to 127.0.0.1 or localhost, or start the server with --allow-host NAME",
+                    code="host_not_allowed",
+                )
+            )
             return
         if origin is not None:
             if not self.origin_ok(origin, host):
-                await refuse(ApiError(403, f"cross-origin requests from {origin} are not allowed; "
-                                      f"start the server with --cors-origin {origin} to allow them",
-                                      code="origin_not_allowed"))
+                await refuse(
+                    ApiError(
+                        403,
+                        f"cross-origin requests from {origin} are not allowed; "
+                        f"start the server with --cors-origin {origin} to allow them",
+                        code="origin_not_allowed",
+                    )
+                )
                 return
             allowed = "*" if "*" in self.cfg.cors_origins and self.key is None else origin
             cors_headers = [(b"access-control-allow-origin", allowed.encode()), (b"vary", b"Origin")]
@@ -124,15 +147,26 @@ class Security:
                 return
         if self.key is not None and path not in OPEN_PATHS and not self.authorized(headers):
             missing = "authorization" not in headers and "x-api-key" not in headers
-            await refuse(ApiError(401, ("an API key is required" if missing else "the API key is wrong")
-                                  + "; send `Authorization: Bearer KEY`", code="invalid_api_key",
-                                  headers={"WWW-Authenticate": "Bearer"}))
+            await refuse(
+                ApiError(
+                    401,
+                    ("an API key is required" if missing else "the API key is wrong")
+                    + "; send `Authorization: Bearer KEY`",
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            )
             return
         cap = self.cfg.max_body_bytes
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > cap:
-            await refuse(ApiError(413, f"the request body is {int(length)} bytes; the server accepts at most {cap} "
-                                  "(--max-body)", code="body_too_large"))
+            await refuse(
+                ApiError(
+                    413,
+                    f"the request body is {int(length)} bytes; the server accepts at most {cap} (--max-body)",
+                    code="body_too_large",
+                )
+            )
             return
         seen = [0]
 

@@ -50,12 +50,20 @@ class ServerState:
 
         try:
             for r in self.resolved:
-                engines = [Engine(r, EngineConfig(n_ctx=self.cfg.ctx, n_threads=self.cfg.threads))
-                           for _ in range(self.cfg.parallel)]
+                engines = [
+                    Engine(r, EngineConfig(n_ctx=self.cfg.ctx, n_threads=self.cfg.threads))
+                    for _ in range(self.cfg.parallel)
+                ]
                 handle = ModelHandle(r.name, r, fim_tokens(engines[0]), make_slots(engines), self.cfg.queue)
                 self.models[r.name] = handle
-                log.info("loaded %s (%s, %d context(s) of %d tokens, FIM: %s)", r.name, r.gguf.quantization,
-                         len(engines), engines[0].n_ctx, handle.fim.family if handle.fim else "no")
+                log.info(
+                    "loaded %s (%s, %d context(s) of %d tokens, FIM: %s)",
+                    r.name,
+                    r.gguf.quantization,
+                    len(engines),
+                    engines[0].n_ctx,
+                    handle.fim.family if handle.fim else "no",
+                )
         except AssistantError as e:
             self.load_error = str(e)
             log.error("error: %s", e)
@@ -82,8 +90,12 @@ class ServerState:
         for m in self.models.values():
             if m.resolved.path.stem == name.removesuffix(":latest"):
                 return m
-        raise ApiError(404, f"model {name!r} is not served here; served: {', '.join(self.models)}", param=param,
-                       code="model_not_found")
+        raise ApiError(
+            404,
+            f"model {name!r} is not served here; served: {', '.join(self.models)}",
+            param=param,
+            code="model_not_found",
+        )
 
     def client_key(self, request: Request) -> str:
         explicit = request.headers.get("x-client-id")

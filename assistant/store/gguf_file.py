@@ -216,7 +216,7 @@ class GGUFInfo:
         counts: dict[str, int] = {}
         for t in self.tensors:
             counts[t.type_name] = counts.get(t.type_name, 0) + t.n_elements
-        return max(counts, key=counts.get) if counts else "unknown"
+        return max(counts, key=counts.__getitem__) if counts else "unknown"
 
     @property
     def chat_template(self) -> str | None:
@@ -247,8 +247,7 @@ class _Reader:
     def _need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
             raise GGUFError(
-                f"{self.path} is truncated or corrupt: {what} runs past the end of the file "
-                f"({self.size} bytes)",
+                f"{self.path} is truncated or corrupt: {what} runs past the end of the file ({self.size} bytes)",
                 hint="download it again (assistant models pull NAME) or re-export it",
             )
 
@@ -325,7 +324,7 @@ def read_gguf(path: str | os.PathLike, *, load_arrays: bool = False) -> GGUFInfo
     path = Path(path)
     try:
         size = path.stat().st_size
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 - the `with f:` below closes it
     except FileNotFoundError:
         raise GGUFError(f"model file not found: {path}") from None
     except IsADirectoryError:

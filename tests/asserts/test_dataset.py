@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from assistant.asserts.dataset import (
-    PLACEHOLDER, SPLITS, build_dataset, folder_source, load_split, split_of, tokens,
+    PLACEHOLDER,
+    SPLITS,
+    build_dataset,
+    folder_source,
+    load_split,
+    split_of,
+    tokens,
 )
 from assistant.asserts.scoring import extract_assertion, normalize, score, similarity
 from assistant.errors import UsageError
@@ -105,7 +111,10 @@ def test_normalize_extract_and_score():
     assert normalize("assert  f( 1 )==2") == "assert f(1) == 2"
     assert normalize('self.assertEqual(x, "a")') == "self.assertEqual(x, 'a')"
     assert normalize("not python (") == "not python ("
-    assert extract_assertion("def test(self):\n    self.assertEqual(\n        f(1), 2)\n```\nprose") == "self.assertEqual(f(1), 2)"
+    assert (
+        extract_assertion("def test(self):\n    self.assertEqual(\n        f(1), 2)\n```\nprose")
+        == "self.assertEqual(f(1), 2)"
+    )
     assert extract_assertion("x = 1\nassert x == 1\n") == "assert x == 1"
     assert extract_assertion("import os\n") == "import os"
     assert extract_assertion("") == ""

@@ -17,13 +17,20 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from assistant.asserts.candidates import AssertsConfig, Candidate, doctest_candidates, doctest_code, extract_candidates, free_names
+from assistant.asserts.candidates import (
+    AssertsConfig,
+    Candidate,
+    doctest_candidates,
+    doctest_code,
+    extract_candidates,
+    free_names,
+)
+from assistant.asserts.focal import import_root, parse_module, select
 from assistant.asserts.render import FunctionReport, confirm, measure_coverage, relative_path_expr, render_test_file
 from assistant.asserts.validate import ERRORED, FAILING, KEPT, make_target, validate
 from assistant.cli.asserts.command import asserts, eval_asserts
-from assistant.guard import OneLineErrorGroup
 from assistant.errors import UsageError
-from assistant.asserts.focal import import_root, parse_module, select
+from assistant.guard import OneLineErrorGroup
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "asserts"
 
@@ -58,7 +65,10 @@ def copy_fixture(name: str, dest: Path) -> Path:
 def run_pytest(test_file: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
-        capture_output=True, text=True, cwd=test_file.parent, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=test_file.parent,
+        timeout=120,
     )
 
 
@@ -122,7 +132,12 @@ def test_extract_candidates_from_messy_output():
         "This is prose, not code.\nassert add(2, 2) == 4\nassert add(0,\n```\n"
     )
     got = [c.code for c in extract_candidates(text, add, ["mathutils"])]
-    assert got == ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "x = 5\nassert add(x, 1) == 6", "assert add(2, 2) == 4"]
+    assert got == [
+        "assert add(1, 2) == 3",
+        "assert add(-1, 1) == 0",
+        "x = 5\nassert add(x, 1) == 6",
+        "assert add(2, 2) == 4",
+    ]
 
 
 def test_method_candidates_carry_the_setup_they_need():
@@ -142,7 +157,9 @@ def test_method_candidates_carry_the_setup_they_need():
 
 def test_a_property_is_read_not_called(tmp_path):
     path = tmp_path / "box.py"
-    path.write_text("class Box:\n    def __init__(self, n):\n        self.n = n\n\n    @property\n    def double(self):\n        return 2 * self.n\n")
+    path.write_text(
+        "class Box:\n    def __init__(self, n):\n        self.n = n\n\n    @property\n    def double(self):\n        return 2 * self.n\n"
+    )
     info = parse_module(path)
     prop = info.focal[-1]
     assert prop.name == "Box.double" and prop.is_property
@@ -150,7 +167,9 @@ def test_a_property_is_read_not_called(tmp_path):
     assert [c.code for c in got] == ["b = Box(2)\nassert b.double == 4", "assert Box.double"]
     # an ordinary function must be called: naming it is no test
     _, add = focal(FIXTURES / "mathutils.py", "add")
-    assert extract_candidates("assert add\nassert callable(add)\nassert add(1, 1) == 2\n", add) == cands("add", "assert add(1, 1) == 2")
+    assert extract_candidates("assert add\nassert callable(add)\nassert add(1, 1) == 2\n", add) == cands(
+        "add", "assert add(1, 1) == 2"
+    )
 
 
 def test_doctest_examples_become_seed_candidates():
@@ -194,10 +213,19 @@ def test_validation_keeps_passing_reports_failing_and_drops_errors(tmp_path):
 
 def test_import_side_effects_and_hangs_stay_in_the_sandbox(tmp_path, capfd):
     path = copy_fixture("noisy.py", tmp_path)
-    cs = cands("spin", "assert spin(1) == 0", "assert double(2) == 4", "import os\nos._exit(0)\nassert spin(0) == 0", "assert spin(0) == 0")
+    cs = cands(
+        "spin",
+        "assert spin(1) == 0",
+        "assert double(2) == 4",
+        "import os\nos._exit(0)\nassert spin(0) == 0",
+        "assert spin(0) == 0",
+    )
     v = validate(make_target(path), "noisy", cs, AssertsConfig(case_timeout_s=0.3))
     assert [(x.status, x.reason) for x in v.verdicts] == [
-        (ERRORED, "timeout"), (KEPT, ""), (ERRORED, "exited"), (KEPT, ""),
+        (ERRORED, "timeout"),
+        (KEPT, ""),
+        (ERRORED, "exited"),
+        (KEPT, ""),
     ]
     assert "noisy" not in sys.modules
     assert "side effect" not in capfd.readouterr().out
@@ -238,10 +266,14 @@ def test_line_coverage_counts_what_the_kept_assertions_run_beyond_the_import(tmp
 
 def test_rendered_file_imports_only_what_assertions_use_and_passes_pytest(tmp_path):
     path = copy_fixture("stack.py", tmp_path / "src")
-    cs = cands("Stack.size", "stack = Stack()\nassert stack.size() == 0", "s = Stack()\ns.push(1)\nassert s.size() == 1")
+    cs = cands(
+        "Stack.size", "stack = Stack()\nassert stack.size() == 0", "s = Stack()\ns.push(1)\nassert s.size() == 1"
+    )
     out = tmp_path / "tests" / "test_stack_generated.py"
     out.parent.mkdir()
-    rendered = render_test_file(make_target(path), "stack", [("Stack.size", cs)], ["Stack"], relative_path_expr(path, out), "doc")
+    rendered = render_test_file(
+        make_target(path), "stack", [("Stack.size", cs)], ["Stack"], relative_path_expr(path, out), "doc"
+    )
     out.write_text(rendered.source)
     assert "Stack = _module.Stack\n" in rendered.source and "stack = _module" not in rendered.source
     assert "'../src/stack.py'" in rendered.source
@@ -298,7 +330,13 @@ def test_pure_functions_end_to_end_with_coverage(tmp_path):
     assert t["generated"] == t["kept"] + t["failing"] + t["errored"] and t["kept"] >= 1
     assert [f["name"] for f in d["functions"]] == ["add", "clamp", "is_palindrome", "hypotenuse"]
     add = d["functions"][0]
-    assert add["candidates"][0] == {"code": "assert add(2, 3) == 5", "origin": "doctest", "status": "kept", "reason": "", "detail": ""}
+    assert add["candidates"][0] == {
+        "code": "assert add(2, 3) == 5",
+        "origin": "doctest",
+        "status": "kept",
+        "reason": "",
+        "detail": "",
+    }
     cov = d["coverage"]
     assert 0 < cov["percent"] <= 100 and cov["statements"] > 10 and cov["import_only"] < cov["covered"]
     assert d["out"] == str(out)
@@ -318,7 +356,20 @@ def test_pure_functions_end_to_end_with_coverage(tmp_path):
 @pytest.mark.slow
 def test_class_methods_end_to_end_table_and_stdout(tmp_path):
     mod = copy_fixture("stack.py", tmp_path)
-    r = run("asserts", mod, "--function", "Stack.size", "--function", "Stack.push", "--out", "-", "--threads", "1", "--per-function", "3")
+    r = run(
+        "asserts",
+        mod,
+        "--function",
+        "Stack.size",
+        "--function",
+        "Stack.push",
+        "--out",
+        "-",
+        "--threads",
+        "1",
+        "--per-function",
+        "3",
+    )
     assert r.exit_code == 0, r.stderr
     assert "def test_Stack_size():" in r.stdout and "Stack = _module.Stack" in r.stdout
     assert "s.push('a')" in r.stdout  # the doctest's setup came along
@@ -380,19 +431,37 @@ def test_report_view_escapes_names_paths_and_errors(tmp_path, capsys, monkeypatc
 
     monkeypatch.setenv("COLUMNS", "200")
     c = Candidate("swap", ("x = [b, a]",), "assert swap(x) == [a, b]", "model")
-    fn = FunctionReport("swap", [c, c], [Verdict(FAILING, "AssertionError", "returned [b, a]"),
-                                         Verdict(ERRORED, "[/x] odd reason", "")])
-    report = AssertsReport(str(tmp_path / "m[/i].py"), {"name": "model [b, a]"}, [fn],
-                           import_error="ImportError: [/bold] no [b, a]")
+    fn = FunctionReport(
+        "swap", [c, c], [Verdict(FAILING, "AssertionError", "returned [b, a]"), Verdict(ERRORED, "[/x] odd reason", "")]
+    )
+    report = AssertsReport(
+        str(tmp_path / "m[/i].py"), {"name": "model [b, a]"}, [fn], import_error="ImportError: [/bold] no [b, a]"
+    )
     print_report(report)
     out = capsys.readouterr().out
-    for text in ("m[/i].py", "model [b, a]", "ImportError: [/bold] no [b, a]", "[/x] odd reason 1",
-                 "assert swap(x) == [a, b]  # returned [b, a]"):
+    for text in (
+        "m[/i].py",
+        "model [b, a]",
+        "ImportError: [/bold] no [b, a]",
+        "[/x] odd reason 1",
+        "assert swap(x) == [a, b]  # returned [b, a]",
+    ):
         assert text in out, text
-    summary = {"model": {"name": "m [b, a]"}, "examples": 1, "split": "test", "ms_per_sample": 1.0, "no_assertion": 0,
-               "ground_truth": {"exact_match": 0.5, "similarity": 0.5},
-               "reference": {"name": "[/r]", "exact_match": 0.1, "similarity": 0.2, "ms_per_sample": 2.0,
-                             "ground_truth": {"exact_match": 0.3, "similarity": 0.4}}}
+    summary = {
+        "model": {"name": "m [b, a]"},
+        "examples": 1,
+        "split": "test",
+        "ms_per_sample": 1.0,
+        "no_assertion": 0,
+        "ground_truth": {"exact_match": 0.5, "similarity": 0.5},
+        "reference": {
+            "name": "[/r]",
+            "exact_match": 0.1,
+            "similarity": 0.2,
+            "ms_per_sample": 2.0,
+            "ground_truth": {"exact_match": 0.3, "similarity": 0.4},
+        },
+    }
     print_eval(summary)
     out = capsys.readouterr().out
     assert "m [b, a] on 1 test" in out and "reference [/r]" in out and "[/r] vs ground truth" in out

@@ -19,8 +19,8 @@ import typer
 from typer.testing import CliRunner
 
 from assistant.bench import config, corpus, machine, report, summary, worker
-from assistant.bench import targets as bench_targets
 from assistant.bench import run as bench_run
+from assistant.bench import targets as bench_targets
 from assistant.cli.bench import views
 from assistant.cli.bench.command import bench
 from assistant.guard import OneLineErrorGroup as _Group
@@ -62,8 +62,19 @@ def cli_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ASSISTANT_CACHE", str(d / "cache"))
         mp.delenv("ASSISTANT_LOCK", raising=False)
-        r = invoke(MODEL, "--threads", "1,2", *SHORT, "--json",
-                   "--out", str(files["out"]), "--csv", str(files["csv"]), "--plot", str(files["plot"]))
+        r = invoke(
+            MODEL,
+            "--threads",
+            "1,2",
+            *SHORT,
+            "--json",
+            "--out",
+            str(files["out"]),
+            "--csv",
+            str(files["csv"]),
+            "--plot",
+            str(files["plot"]),
+        )
     assert r.exit_code == 0, r.stderr + r.stdout
     return json.loads(r.stdout), files, r.stderr
 
@@ -94,9 +105,22 @@ def test_rows_have_positive_consistent_figures(cli_run):
     for r in rows:
         assert r["status"] == "ok" and r["error"] is None
         assert r["quantization"] == "Q4_1" and r["file_size"] == 98362432 and r["reps"] == 2 and r["warmup"] == 1
-        for k in ("load_s", "ttft_p50_s", "ttft_p90_s", "prompt_tps_mean", "decode_tps_mean", "decode_s_mean",
-                  "llama_prompt_tps_mean", "llama_decode_tps_mean", "peak_rss_bytes", "ceiling_tps", "ceiling_share",
-                  "bytes_per_token", "weight_bytes_per_token", "kv_bytes_per_token"):
+        for k in (
+            "load_s",
+            "ttft_p50_s",
+            "ttft_p90_s",
+            "prompt_tps_mean",
+            "decode_tps_mean",
+            "decode_s_mean",
+            "llama_prompt_tps_mean",
+            "llama_decode_tps_mean",
+            "peak_rss_bytes",
+            "ceiling_tps",
+            "ceiling_share",
+            "bytes_per_token",
+            "weight_bytes_per_token",
+            "kv_bytes_per_token",
+        ):
             assert positive(r[k]), (k, r[k])
         assert r["prompt_tps_sd"] >= 0 and r["decode_tps_sd"] >= 0
         assert r["other_load_cores"] is None or r["other_load_cores"] >= 0  # others' load, recorded not judged
@@ -148,7 +172,9 @@ def test_out_csv_and_png_files(cli_run):
     assert "runs" not in rows[0]
     for r in rows:
         assert float(r["decode_tps_mean"]) > 0 and float(r["ttft_p50_s"]) > 0 and r["status"] == "ok"
-        assert float(r["decode_tps_mean"]) == pytest.approx(next(x for x in data["rows"] if str(x["threads"]) == r["threads"])["decode_tps_mean"])
+        assert float(r["decode_tps_mean"]) == pytest.approx(
+            next(x for x in data["rows"] if str(x["threads"]) == r["threads"])["decode_tps_mean"]
+        )
     png = files["plot"].read_bytes()
     assert png[:8] == PNG_MAGIC and len(png) > 10_000
 
@@ -160,8 +186,24 @@ def test_baseline_against_itself_is_one_and_against_a_rerun_is_near_one(cli_run,
     for r in same:
         for f in report.RATIO_FIGURES:
             assert r[f] == pytest.approx(1.0)
-    r = invoke(MODEL, "--threads", "1", "--prompt-tokens", "32", "--gen-tokens", "16", "--reps", "1", "--warmup", "0",
-               "--cache-prefix", "0", "--baseline", str(files["out"]), "--json")
+    r = invoke(
+        MODEL,
+        "--threads",
+        "1",
+        "--prompt-tokens",
+        "32",
+        "--gen-tokens",
+        "16",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--cache-prefix",
+        "0",
+        "--baseline",
+        str(files["out"]),
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     rerun = json.loads(r.stdout)
     assert rerun["prompt_cache"] == []  # --cache-prefix 0 skips it
@@ -215,7 +257,7 @@ def test_a_narrow_terminal_splits_the_table_and_never_cuts_a_figure(cli_run, wid
         assert any(cell in row for row in rows), cell  # whole, on one line
     wide = Console(file=io.StringIO(), width=400, force_terminal=True, color_system=None)
     views.print_report(run, ratios, console=wide)
-    table_lines = lambda out: sum(line.startswith(f"  {MODEL} ") for line in out.splitlines())  # noqa: E731
+    table_lines = lambda out: sum(line.startswith(f"  {MODEL} ") for line in out.splitlines())
     once = len(run.rows) + len(run.prompt_cache) + len(ratios)
     assert table_lines(wide.file.getvalue()) == once  # wide enough: one table each, as before
     assert table_lines(text) > once  # narrow: the key columns repeat in each part
@@ -234,6 +276,7 @@ def test_names_in_the_bench_report_are_text_not_markup(cli_run):
     text = console.file.getvalue()
     assert "[/bold]odd [b, a]" in text and "cannot open [/tmp/x].gguf" in text
 
+
 def test_library_reports_broken_models_in_their_rows(model_copy, default_gguf, tmp_path):
     """A truncated file fails our GGUF check; a file whose architecture is unknown gets past it
     and fails inside llama.cpp in the worker. Neither stops the good model."""
@@ -247,8 +290,15 @@ def test_library_reports_broken_models_in_their_rows(model_copy, default_gguf, t
     assert read_gguf(bad_arch).architecture == "zzzzz"
 
     cfg = config.BenchConfig(
-        models=(str(model_copy), MODEL, str(bad_arch)), threads=(1,), prompt_tokens=(24,), gen_tokens=8,
-        reps=1, warmup=0, cache_prefix=0, bandwidth_bytes=64 << 20, bandwidth_reps=2,
+        models=(str(model_copy), MODEL, str(bad_arch)),
+        threads=(1,),
+        prompt_tokens=(24,),
+        gen_tokens=8,
+        reps=1,
+        warmup=0,
+        cache_prefix=0,
+        bandwidth_bytes=64 << 20,
+        bandwidth_reps=2,
     )
     messages = []
     run = bench_run.run_bench(cfg, on_progress=messages.append, cache=HashCache(tmp_path / "h.json"))
@@ -258,7 +308,12 @@ def test_library_reports_broken_models_in_their_rows(model_copy, default_gguf, t
     assert by_model["bad-arch.gguf"].status == "error" and "could not load" in by_model["bad-arch.gguf"].error
     assert by_model["bad-arch.gguf"].decode_tps_mean is None
     good = by_model[MODEL]
-    assert good.status == "ok" and good.decode_tokens == 7 and positive(good.decode_tps_mean) and positive(good.ceiling_tps)
+    assert (
+        good.status == "ok"
+        and good.decode_tokens == 7
+        and positive(good.decode_tps_mean)
+        and positive(good.ceiling_tps)
+    )
     assert len(good.runs) == 1 and good.runs[0]["generated_tokens"] == 8
     assert any("error" in m for m in messages) and any("ok" in m for m in messages)
     out = tmp_path / "run.csv"
@@ -351,7 +406,7 @@ def test_model_cost_reads_one_embedding_row_when_untied(default_gguf):
 def test_code_prompts_are_exact_real_and_different():
     files = corpus.code_files()
     assert len(files) >= 8 and all(f.endswith(".py") for f in files)
-    tokenize = lambda text: text.split()  # noqa: E731  (a word "tokenizer" is enough to check the slicing)
+    tokenize = lambda text: text.split()
     prompts = [corpus.code_prompt(tokenize, ["<s>"], n, i, files) for i, n in enumerate((2, 7, 50, 3000))]
     assert [len(p) for p in prompts] == [2, 7, 50, 3000]
     assert all(p[0] == "<s>" for p in prompts)
@@ -366,7 +421,11 @@ def test_small_pure_helpers(tmp_path):
     assert summary.percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert summary.percentile([1.0, 2.0], 90) == pytest.approx(1.9)
     assert summary.percentile([5.0], 90) == 5.0
-    assert machine.simd_flags("CPU : SSE3 = 1 | AVX = 1 | AVX512 = 0 | LLAMAFILE = 1 | ") == ["SSE3", "AVX", "LLAMAFILE"]
+    assert machine.simd_flags("CPU : SSE3 = 1 | AVX = 1 | AVX512 = 0 | LLAMAFILE = 1 | ") == [
+        "SSE3",
+        "AVX",
+        "LLAMAFILE",
+    ]
     crash = bench_run.parse_worker_output(-6, "", "load...\nGGML_ASSERT(x) failed\n")
     assert crash["status"] == "error" and "signal 6" in crash["error"] and "GGML_ASSERT" in crash["error"]
     noise = bench_run.parse_worker_output(0, "llama noise\n" + worker.RESULT_MARK + '{"status": "ok", "x": 1}\n', "")
@@ -408,8 +467,14 @@ def test_the_command_module_imports_nothing_heavy():
 def test_the_worker_entry_point_imports_no_command_line(module):
     """The probe/worker processes load only the library: no Typer app, no CLI module, no rich."""
     spec = json.dumps({"bandwidth_bytes": 1 << 20, "bandwidth_reps": 1})
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--probe"], input=spec,
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", module, "--probe"],
+        input=spec,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = bench_run.parse_worker_output(done.returncode, done.stdout, done.stderr)
     assert result["status"] == "ok" and result["bandwidth_bytes_per_s"] > 0
@@ -418,6 +483,12 @@ def test_the_worker_entry_point_imports_no_command_line(module):
 
 
 def test_the_worker_module_refuses_an_unknown_mode():
-    done = subprocess.run([sys.executable, "-m", "assistant.bench.worker", "--nope"], input="{}",
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "assistant.bench.worker", "--nope"],
+        input="{}",
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
     assert done.returncode == 1 and done.stderr.strip().startswith("usage: python -m assistant.bench.worker")

@@ -1,7 +1,6 @@
 """The CLI through typer's CliRunner and through the installed `assistant` executable."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -111,7 +110,9 @@ def test_sha_mismatch_names_path_expected_actual_and_fix(tmp_path, model_copy):
     lock = make_lock(tmp_path, entry("copy", data=data))
     (tmp_path / "copy.gguf").write_bytes(data[:-1] + b"\x01")
     r = run("generate", "hi", "--model", "copy", "--lock", str(lock.path))
-    assert_one_line_error(r, "sha256 mismatch", str(tmp_path / "copy.gguf"), lock.get("copy").sha256, "restore the file")  # pull cannot restore a file source
+    assert_one_line_error(
+        r, "sha256 mismatch", str(tmp_path / "copy.gguf"), lock.get("copy").sha256, "restore the file"
+    )  # pull cannot restore a file source
 
 
 def test_models_list_and_verify_json():
@@ -152,7 +153,10 @@ def test_models_pull_offline_refuses_and_pypi_entry_is_already_there():
 def test_installed_executable_generates():
     done = subprocess.run(
         [EXE, "generate", "Write a Python function that returns the maximum of a list.", "-n", "96", "--seed", "3"],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
     )
     assert done.returncode == 0, done.stderr
     assert "def " in done.stdout and done.stderr == ""
@@ -161,7 +165,10 @@ def test_installed_executable_generates():
 def test_piped_stdin_through_the_executable():
     done = subprocess.run(
         [EXE, "generate", "What does this function return for n=3?", "-n", "40"],
-        input="def f(n):\n    return n * 2\n", capture_output=True, text=True, timeout=120,
+        input="def f(n):\n    return n * 2\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0 and done.stdout.strip()
 
@@ -185,7 +192,10 @@ RAMBLE = "def f0():\n    return 0\n\ndef f1():\n    return 1\n\ndef f2():\n"
 def test_ctrl_c_while_streaming_is_one_line_and_exit_130():
     proc = subprocess.Popen(
         [EXE, "generate", RAMBLE, "--prompt-style", "completion", "-n", "3000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=_default_sigint,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_default_sigint,
     )
     first = proc.stdout.read(8)  # streaming has started
     assert first
@@ -199,7 +209,10 @@ def test_ctrl_c_with_out_leaves_no_file(tmp_path):
     out = tmp_path / "answer.py"
     proc = subprocess.Popen(
         [EXE, "generate", RAMBLE, "--prompt-style", "completion", "-n", "3000", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, preexec_fn=_default_sigint,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_default_sigint,
     )
     _, err = _interrupt_after(proc, 3.0)  # load is ~0.3 s; 3000 tokens take ~30 s
     assert proc.returncode == 130, err

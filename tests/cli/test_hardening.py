@@ -9,11 +9,9 @@ import pty
 import re
 import select
 import shlex
-import signal
 import struct
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +36,7 @@ def gen(*args: str, input: str | bytes | None = None):
 
 
 # -- 15: option errors are one line for every command ------------------------------------------
+
 
 @pytest.mark.parametrize(
     "args, needle",
@@ -67,6 +66,7 @@ def test_a_bare_group_still_prints_its_help():
 
 # -- 8: stop-sequence escapes, the README's examples as written -------------------------------
 
+
 def _readme_generate_lines() -> list[list[str]]:
     """The README's `assistant generate` lines as argv lists; `cat F | ...` keeps `<F` in front."""
     lines = []
@@ -91,7 +91,7 @@ def test_readme_stop_example_is_interpreted_as_a_newline():
 
 
 def test_readme_stop_cuts_a_completion_at_the_next_function():
-    stop = [a for a in _readme_generate_lines() if "--stop" in a][0]
+    stop = next(a for a in _readme_generate_lines() if "--stop" in a)
     stop = stop[stop.index("--stop") + 1]
     free = json.loads(gen(DEFS, "--prompt-style", "completion", "--json", "-n", "40").stdout)["text"]
     assert "\ndef " in free  # the small model goes on with more functions
@@ -122,6 +122,7 @@ def test_bad_escape_is_one_line():
 
 
 # -- 9: a bad --out fails before the model is even looked up -----------------------------------
+
 
 def _bad_outs(tmp_path: Path) -> list[tuple[Path, str]]:
     (tmp_path / "a_file").write_text("x")
@@ -178,6 +179,7 @@ def test_every_output_path_is_checked_before_the_work(args, tmp_path):
 
 # -- 10: stdin -----------------------------------------------------------------------------------
 
+
 def test_non_utf8_stdin_names_the_byte_and_offset(tmp_path):
     r = run("generate", "explain", "--model", str(tmp_path / "missing.gguf"), input=b"ok\nsp\xe9cial\n")
     assert_one_line_error(r, "stdin is not UTF-8", "byte 0xe9 at offset 5 (line 2)", "iconv", code=2)
@@ -186,7 +188,9 @@ def test_non_utf8_stdin_names_the_byte_and_offset(tmp_path):
 def test_non_utf8_prompt_argument_is_one_line():
     proc = subprocess.run(
         [os.fsencode(EXE), b"generate", b"caf\xe9", b"-m", SMOL.encode()],
-        capture_output=True, stdin=subprocess.DEVNULL, timeout=60,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
     )
     err = proc.stderr.decode()
     assert proc.returncode == 2 and err.startswith("error: the prompt argument is not UTF-8") and "Traceback" not in err
@@ -231,6 +235,7 @@ def test_40_mb_of_stdin_fails_fast_without_reading_it_all():
 
 # -- 12: seeds -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("seed", ["4294967296", "4294967295", "18446744073709551616"])
 def test_seeds_llama_cpp_cannot_reproduce_are_refused(seed):
     r = gen("hi", "--seed", seed, "-t", "0.8", "-n", "8")
@@ -246,6 +251,7 @@ def test_the_largest_seed_reproduces_and_is_reported():
 
 
 # -- 14: hostile GGUF metadata -------------------------------------------------------------------
+
 
 def _nested_arrays_gguf(path: Path, depth: int) -> Path:
     key = b"evil.nesting"
@@ -301,13 +307,24 @@ def templated(tmp_path_factory, lock):
 
     src = locate(lock.get(SMOL), lock)
     d = tmp_path_factory.mktemp("templates")
-    return {name: _with_template(src, d / f"{name}.gguf", t)
-            for name, t in [("refuses_system", REFUSES_SYSTEM), ("broken", BROKEN), ("raises", ALWAYS_RAISES)]}
+    return {
+        name: _with_template(src, d / f"{name}.gguf", t)
+        for name, t in [("refuses_system", REFUSES_SYSTEM), ("broken", BROKEN), ("raises", ALWAYS_RAISES)]
+    }
 
 
 def test_template_that_refuses_a_system_message_still_generates(templated):
-    r = run("generate", "Write a Python function add(a, b).", "-m", str(templated["refuses_system"]),
-            "-n", "32", "--threads", "1", "--json")
+    r = run(
+        "generate",
+        "Write a Python function add(a, b).",
+        "-m",
+        str(templated["refuses_system"]),
+        "-n",
+        "32",
+        "--threads",
+        "1",
+        "--json",
+    )
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["timings"]["generated_tokens"] > 0
 
@@ -326,6 +343,7 @@ def test_template_that_always_raises_is_one_line(templated):
 
 # -- 16: cut output is noted; a spinner only on a terminal --------------------------------------
 
+
 def test_output_cut_by_max_tokens_is_noted_without_stats():
     r = gen("Write a long essay about compilers.", "-n", "4")
     assert r.exit_code == 0 and "note: the output was cut at --max-tokens 4" in r.stderr
@@ -342,8 +360,13 @@ def _stderr_of(args: list[str], tty: bool) -> str:
     if not tty:
         return subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120).stderr
     master, slave = pty.openpty()
-    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave,
-                            env={**os.environ, "TERM": "xterm-256color"})
+    proc = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env={**os.environ, "TERM": "xterm-256color"},
+    )
     os.close(slave)
     data = b""
     while True:
@@ -361,8 +384,19 @@ def _stderr_of(args: list[str], tty: bool) -> str:
 
 
 def test_spinner_on_a_terminal_only(tmp_path):
-    args = [EXE, "generate", "Write a long essay about compilers.", "-m", SMOL, "-n", "200", "--threads", "1",
-            "--out", str(tmp_path / "essay.txt")]
+    args = [
+        EXE,
+        "generate",
+        "Write a long essay about compilers.",
+        "-m",
+        SMOL,
+        "-n",
+        "200",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "essay.txt"),
+    ]
     on_tty = _stderr_of(args, tty=True)
     assert "generating" in on_tty and re.search("[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏]", on_tty), on_tty
     piped = _stderr_of(args, tty=False)

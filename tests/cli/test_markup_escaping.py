@@ -13,7 +13,11 @@ def test_explain_keeps_brackets_in_generated_asserts(capsys, monkeypatch):
 
     monkeypatch.setenv("COLUMNS", "200")
     solutions = ["def swap(a, b):\n    return [b, a]\n", "def swap(a, b):\n    return [a, b]\n"]
-    tests = ["assert swap(1, 2) == [2, 1]", "assert (lambda b, a: swap(a, b) == [b, a])(2, 1)", "assert swap('[/x]', 0) == [0, '[/x]']"]
+    tests = [
+        "assert swap(1, 2) == [2, 1]",
+        "assert (lambda b, a: swap(a, b) == [b, a])(2, 1)",
+        "assert swap('[/x]', 0) == [0, '[/x]']",
+    ]
     rr = rerank("codet", solutions, tests, sandbox_runner(Limits(timeout_s=10)))
     print_rerank(SimpleNamespace(rerank=rr))
     err = capsys.readouterr().err

@@ -2,12 +2,12 @@
 
 from assistant.codegen.codet import (
     CaseResult,
+    call_under_test,
     cluster_rank,
     codet_rank,
     doctest_asserts,
     extract_asserts,
     parse_harness,
-    call_under_test,
 )
 
 P, F = CaseResult(True, "1"), CaseResult(False, "2")

@@ -15,9 +15,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from assistant.guard import OneLineErrorGroup
 from assistant.errors import AssistantError, UsageError
 from assistant.evaluation.humaneval import load_problems
+from assistant.guard import OneLineErrorGroup
 from distill.corpus import (
     CorpusConfig,
     CorpusError,
@@ -35,8 +35,20 @@ from tests.tiny_llama import SMOLLM2_LOCK_NAME, smollm2_gguf
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 #: Small stdlib modules that pass every filter (checked by test_clean_files_pass).
-CLEAN = ("json/__init__.py", "json/decoder.py", "json/encoder.py", "json/scanner.py", "textwrap.py", "colorsys.py",
-         "bisect.py", "fnmatch.py", "glob.py", "shlex.py", "graphlib.py", "keyword.py")
+CLEAN = (
+    "json/__init__.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "json/scanner.py",
+    "textwrap.py",
+    "colorsys.py",
+    "bisect.py",
+    "fnmatch.py",
+    "glob.py",
+    "shlex.py",
+    "graphlib.py",
+    "keyword.py",
+)
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +76,9 @@ def index(out: Path) -> list[dict]:
 
 def stream(out: Path, split: str) -> np.ndarray:
     m = json.loads((out / "manifest.json").read_text())
-    return np.concatenate([np.fromfile(out / s["file"], dtype="<u2") for s in m["splits"][split]["shards"]]).astype(np.int64)
+    return np.concatenate([np.fromfile(out / s["file"], dtype="<u2") for s in m["splits"][split]["shards"]]).astype(
+        np.int64
+    )
 
 
 # -- tokenizer ---------------------------------------------------------------------------------
@@ -82,7 +96,11 @@ def test_tokenizer_from_lock_name_is_cached_and_recorded(smollm2_tokenizer, tmp_
     assert time.perf_counter() - t0 < 3  # no transformers conversion the second time
     assert again.sha256 == tok.sha256
     by_path = load_tokenizer(str(smollm2_gguf()))  # a .gguf path: same cache entry, keyed by the GGUF's sha256
-    assert by_path.source == f"gguf:{smollm2_gguf()}" and by_path.sha256 == tok.sha256 and by_path.gguf_ref == str(smollm2_gguf())
+    assert (
+        by_path.source == f"gguf:{smollm2_gguf()}"
+        and by_path.sha256 == tok.sha256
+        and by_path.gguf_ref == str(smollm2_gguf())
+    )
     written = save_tokenizer_files(tok, tmp_path / "student")
     assert (tmp_path / "student" / "tokenizer.json").read_bytes() == tok.json_path.read_bytes()
     assert {p.name for p in written} >= {"tokenizer.json", "tokenizer_config.json", "tokenizer_from.json"}
@@ -151,8 +169,12 @@ def test_decontaminator_finds_planted_solution():
     problems = load_problems()
     d = Decontaminator.humaneval()
     p = problems[0]
-    assert p.task_id in d.matches("import os\n\n" + p.prompt + p.canonical_solution + "\nprint(1)\n")  # HumanEval/20 is a near-copy
-    body = "def other(xs, threshold):\n    numbers = xs\n" + p.canonical_solution  # the solution alone, renamed function
+    assert p.task_id in d.matches(
+        "import os\n\n" + p.prompt + p.canonical_solution + "\nprint(1)\n"
+    )  # HumanEval/20 is a near-copy
+    body = (
+        "def other(xs, threshold):\n    numbers = xs\n" + p.canonical_solution
+    )  # the solution alone, renamed function
     assert p.task_id in d.matches(body)
     assert d.matches((STDLIB / "textwrap.py").read_text()) == set()
 
@@ -194,8 +216,15 @@ def test_dedup_and_skip_reasons(smollm2_tokenizer, tmp_path):
     (src / "huge.py").write_text("x = 1\n" * 200_000)  # 1.2 MB
     r = build(smollm2_tokenizer, [src], tmp_path / "out")
     assert r.manifest["skipped"] == {
-        "binary": 1, "duplicate": 2, "empty": 1, "generated": 1, "long_line": 1, "low_alnum": 1, "minified": 1,
-        "not_utf8": 1, "too_large": 1,
+        "binary": 1,
+        "duplicate": 2,
+        "empty": 1,
+        "generated": 1,
+        "long_line": 1,
+        "low_alnum": 1,
+        "minified": 1,
+        "not_utf8": 1,
+        "too_large": 1,
     }
     assert r.manifest["files"]["kept"] == 3
     kept = {Path(e["path"]).name for e in index(tmp_path / "out")}
@@ -341,7 +370,15 @@ def test_cli_corpus(smollm2_tokenizer, tmp_path):
     app.command("corpus")(corpus)
     app.command("cache-logits")(cache_logits)
     src = copy_clean(tmp_path / "src", CLEAN[:3])
-    args = ["corpus", "--roots", str(src), "--tokenizer", str(smollm2_tokenizer.files_dir), "--out", str(tmp_path / "out")]
+    args = [
+        "corpus",
+        "--roots",
+        str(src),
+        "--tokenizer",
+        str(smollm2_tokenizer.files_dir),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     res = CliRunner().invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
     d = json.loads(res.output)
@@ -351,8 +388,18 @@ def test_cli_corpus(smollm2_tokenizer, tmp_path):
     res = CliRunner().invoke(app, [*args, "--force"])
     assert res.exit_code == 0 and "wrote" in res.output and "skipped: none" in res.output
     (tmp_path / "txt").mkdir()
-    res = CliRunner().invoke(app, ["corpus", "--roots", str(tmp_path / "txt"), "--tokenizer", str(smollm2_tokenizer.files_dir),
-                                   "--out", str(tmp_path / "o2")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "corpus",
+            "--roots",
+            str(tmp_path / "txt"),
+            "--tokenizer",
+            str(smollm2_tokenizer.files_dir),
+            "--out",
+            str(tmp_path / "o2"),
+        ],
+    )
     assert res.exit_code == 1 and res.output.count("\n") == 1 and "no Python files under" in res.output
 
 

@@ -16,8 +16,8 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from assistant.guard import OneLineErrorGroup
 from assistant.errors import AssistantError
+from assistant.guard import OneLineErrorGroup
 from distill.corpus import CorpusConfig, TokenCorpus, build_corpus
 from distill.logit_cache import (
     CacheConfig,
@@ -54,7 +54,9 @@ def make_corpus(tok, tmp: Path, names: tuple[str, ...]) -> TokenCorpus:
 
 @pytest.fixture(scope="session")
 def corpus(smollm2_tokenizer, tmp_path_factory) -> TokenCorpus:
-    return make_corpus(smollm2_tokenizer, tmp_path_factory.mktemp("lc"), ("textwrap.py", "colorsys.py", "bisect.py", "shlex.py"))
+    return make_corpus(
+        smollm2_tokenizer, tmp_path_factory.mktemp("lc"), ("textwrap.py", "colorsys.py", "bisect.py", "shlex.py")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -80,8 +82,16 @@ class Counting:
 
 
 def config(**kw) -> CacheConfig:
-    base = dict(block_size=B, vocab_size=SPEC.vocab, teacher_source="tiny", teacher_sha256="ab" * 32, k=K,
-                max_blocks=10, batch_size=3, blocks_per_shard=4)
+    base = dict(
+        block_size=B,
+        vocab_size=SPEC.vocab,
+        teacher_source="tiny",
+        teacher_sha256="ab" * 32,
+        k=K,
+        max_blocks=10,
+        batch_size=3,
+        blocks_per_shard=4,
+    )
     return CacheConfig(**{**base, **kw})
 
 
@@ -117,7 +127,9 @@ def test_bytes_per_token(corpus, teacher, tmp_path):
     assert full_logits_bytes_per_token(49152) == 98_304
     assert 260 / 98_304 < 0.0027  # the goal is <= 2%
     assert bytes_per_token(64, 128_256) == 64 * 2 + 64 * 4 + 4  # int32 ids past 65,536 tokens
-    r = build_logit_cache(teacher and Counting(teacher), corpus.split("train"), config(k=64, max_blocks=5), tmp_path / "c")
+    r = build_logit_cache(
+        teacher and Counting(teacher), corpus.split("train"), config(k=64, max_blocks=5), tmp_path / "c"
+    )
     m = r.manifest
     assert (m["bytes_per_token"], m["full_fp16_bytes_per_token"], m["dtypes"]["ids"]) == (260, 98_304, "uint16")
     assert m["ratio_to_fp16_logits"] == pytest.approx(260 / 98_304, abs=1e-6)
@@ -151,8 +163,11 @@ def test_resume_keeps_completed_shards(corpus, teacher, tmp_path):
 def test_other_settings_are_refused(corpus, teacher, tmp_path):
     train = corpus.split("train")
     build_logit_cache(Counting(teacher), train, config(max_blocks=4), tmp_path / "c")
-    for change, field in ((dict(k=8), "k 16 != 8"), (dict(block_size=16), "block_size 32 != 16"),
-                          (dict(teacher_sha256="cd" * 32), "teacher_sha256")):
+    for change, field in (
+        (dict(k=8), "k 16 != 8"),
+        (dict(block_size=16), "block_size 32 != 16"),
+        (dict(teacher_sha256="cd" * 32), "teacher_sha256"),
+    ):
         with pytest.raises(CacheError, match="other settings") as e:
             build_logit_cache(Counting(teacher), train, config(max_blocks=4, **change), tmp_path / "c")
         assert field in str(e.value) and "\n" not in str(e.value)
@@ -169,8 +184,11 @@ def test_mismatched_corpus_is_refused(corpus, teacher, smollm2_tokenizer, tmp_pa
     cache = LogitCache.open(tmp_path / "c")
     cache.check_matches(corpus, "train", B)
     other = make_corpus(smollm2_tokenizer, tmp_path / "other", ("heapq.py",))
-    for args, text in (((other, "train", B), "was made from corpus"), ((corpus, "validation", B), "holds the train split"),
-                       ((corpus, "train", 64), "block size 32, not 64")):
+    for args, text in (
+        ((other, "train", B), "was made from corpus"),
+        ((corpus, "validation", B), "holds the train split"),
+        ((corpus, "train", 64), "block size 32, not 64"),
+    ):
         with pytest.raises(CacheError, match=text) as e:
             cache.check_matches(*args)
         assert "assistant distill cache-logits" in str(e.value) and "\n" not in str(e.value)
@@ -193,7 +211,8 @@ def test_corrupt_cache_shard_is_named(corpus, teacher, tmp_path):
 
 def test_cli_cache_logits(corpus, teacher, smollm2_tokenizer, tmp_path, monkeypatch):
     from distill import models
-    from distill.data_cmd import cache_logits, corpus as corpus_cmd
+    from distill.data_cmd import cache_logits
+    from distill.data_cmd import corpus as corpus_cmd
 
     def fake_load_teacher(spec, *, device="cpu", dtype=None, **kw):
         return SimpleNamespace(model=teacher, source=spec, sha256="ef" * 32, vocab_size=SPEC.vocab, tokenizer_spec=spec)
@@ -202,8 +221,21 @@ def test_cli_cache_logits(corpus, teacher, smollm2_tokenizer, tmp_path, monkeypa
     app = typer.Typer(cls=OneLineErrorGroup)
     app.command("corpus")(corpus_cmd)
     app.command("cache-logits")(cache_logits)
-    args = ["cache-logits", "--corpus", str(corpus.path), "--teacher", str(smollm2_tokenizer.files_dir), "--block-size", str(B),
-            "--top-k", "8", "--max-blocks", "3", "--out", str(tmp_path / "c")]
+    args = [
+        "cache-logits",
+        "--corpus",
+        str(corpus.path),
+        "--teacher",
+        str(smollm2_tokenizer.files_dir),
+        "--block-size",
+        str(B),
+        "--top-k",
+        "8",
+        "--max-blocks",
+        "3",
+        "--out",
+        str(tmp_path / "c"),
+    ]
     res = CliRunner().invoke(app, [*args, "--json"])
     assert res.exit_code == 0, res.output
     d = json.loads(res.output)

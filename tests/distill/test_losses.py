@@ -98,7 +98,9 @@ def test_padding_is_masked_and_normalized_per_real_token():
     assert loss2.item() == pytest.approx(loss.item(), rel=1e-6)
     # normalized by real tokens: the mean of per-token losses, not of per-sequence means
     mask = labels != IGNORE_INDEX
-    per_tok = [distill_loss(s[i, j][None], te[i, j][None], labels[i, j][None])[0].item() for i, j in mask.nonzero().tolist()]
+    per_tok = [
+        distill_loss(s[i, j][None], te[i, j][None], labels[i, j][None])[0].item() for i, j in mask.nonzero().tolist()
+    ]
     assert loss.item() == pytest.approx(sum(per_tok) / len(per_tok), rel=1e-5)
 
 
@@ -184,7 +186,9 @@ def test_global_token_count_normalization():
     hidden = s.reshape(-1, s.shape[-1])
     eye = torch.eye(s.shape[-1])
     n = int((labels != IGNORE_INDEX).sum())
-    a, _ = chunked_distill_loss(hidden, eye, lambda sl: te.reshape(-1, te.shape[-1])[sl], labels, LossConfig(), n_tokens=2 * n)
+    a, _ = chunked_distill_loss(
+        hidden, eye, lambda sl: te.reshape(-1, te.shape[-1])[sl], labels, LossConfig(), n_tokens=2 * n
+    )
     b, _ = distill_loss(s, te, labels, LossConfig())
     assert a.item() == pytest.approx(b.item() / 2, rel=1e-6)
 

@@ -23,7 +23,20 @@ from tests.tiny_llama import TinyLlamaSpec, build_tiny_llama, cached_smollm2_tok
 
 REPO = Path(__file__).resolve().parents[2]
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-CORPUS_FILES = ("textwrap.py", "colorsys.py", "bisect.py", "heapq.py", "shlex.py", "fnmatch.py", "glob.py", "keyword.py", "numbers.py", "queue.py", "sched.py", "stat.py")
+CORPUS_FILES = (
+    "textwrap.py",
+    "colorsys.py",
+    "bisect.py",
+    "heapq.py",
+    "shlex.py",
+    "fnmatch.py",
+    "glob.py",
+    "keyword.py",
+    "numbers.py",
+    "queue.py",
+    "sched.py",
+    "stat.py",
+)
 TEACHER = TinyLlamaSpec(hidden=64, intermediate=128, layers=3, heads=4, kv_heads=2, seed=1)
 
 
@@ -42,7 +55,9 @@ def world(tmp_path_factory):
     for name in CORPUS_FILES:
         shutil.copyfile(STDLIB / name, src / name)
     corpus = base / "corpus"
-    build_corpus(load_tokenizer(str(teacher)), CorpusConfig(roots=(src,), val_fraction=0.3, decontaminate=False), corpus)
+    build_corpus(
+        load_tokenizer(str(teacher)), CorpusConfig(roots=(src,), val_fraction=0.3, decontaminate=False), corpus
+    )
     return {"teacher": str(teacher), "corpus": str(corpus), "base": base}
 
 
@@ -82,8 +97,9 @@ def _assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
 
 
 def test_train_writes_a_loadable_student_with_provenance(world, tmp_path):
-    from distill.train import train
     from transformers import LlamaForCausalLM
+
+    from distill.train import train
 
     result = train(_recipe(world, tmp_path / "run", max_steps=8, grad_accum=1))
     student_dir = result.student_dir
@@ -114,7 +130,11 @@ def test_killed_and_resumed_run_reaches_the_same_weights(world, tmp_path):
     second = train(_recipe(world, tmp_path / "resumed"))
     assert second.steps == 6
     _assert_same_weights(_weights(straight.student_dir), _weights(second.student_dir))
-    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+        if "loss" in line
+    ]
     assert steps == list(range(1, 7))  # rows after the checkpoint were not duplicated
 
 
@@ -144,13 +164,30 @@ def test_training_from_the_logit_cache_needs_no_teacher_in_memory(world, tmp_pat
     teacher = load_teacher(world["teacher"])
     corpus = TokenCorpus.open(world["corpus"])
     cache_dir = tmp_path / "cache"
-    build_logit_cache(lambda ids: teacher.model(input_ids=ids).logits, corpus.split("train"), CacheConfig(block_size=32, vocab_size=teacher.vocab_size, teacher_source=teacher.source, teacher_sha256=teacher.sha256, k=16), cache_dir)
+    build_logit_cache(
+        lambda ids: teacher.model(input_ids=ids).logits,
+        corpus.split("train"),
+        CacheConfig(
+            block_size=32,
+            vocab_size=teacher.vocab_size,
+            teacher_source=teacher.source,
+            teacher_sha256=teacher.sha256,
+            k=16,
+        ),
+        cache_dir,
+    )
 
     def no_teacher(*a, **k):
         raise AssertionError("the teacher was loaded")
 
     monkeypatch.setattr(train_module, "load_teacher", no_teacher)
-    recipe = _recipe(world, tmp_path / "cached", logit_cache=str(cache_dir), eval_with_teacher=False, student={"init": "random", "layers": 2, "hidden": 64, "intermediate": 128})
+    recipe = _recipe(
+        world,
+        tmp_path / "cached",
+        logit_cache=str(cache_dir),
+        eval_with_teacher=False,
+        student={"init": "random", "layers": 2, "hidden": 64, "intermediate": 128},
+    )
     result = train_module.train(recipe)
     assert result.steps == 6 and "val_ce" in result.final and "val_kl" not in result.final
     prov = json.loads((result.student_dir / "provenance.json").read_text())
@@ -171,8 +208,21 @@ def test_two_process_run_matches_one_process_with_the_same_global_batch(world, t
     launch.write_text(json.dumps(ddp_recipe.to_dict()))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "distill.train", str(launch)],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "distill.train",
+            str(launch),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     prov = json.loads((tmp_path / "ddp" / "student" / "provenance.json").read_text())
@@ -206,7 +256,13 @@ def test_recipe_toml_and_overrides(tmp_path):
     path = tmp_path / "r.toml"
     path.write_text('teacher = "x"\nalpha = 0.2\n[student]\nlayers = 4\nhidden = 256\n')
     recipe = apply_overrides(load_recipe(path), ["temperature=2", "student.layers=6", 'out="runs/x"'])
-    assert (recipe.alpha, recipe.temperature, recipe.student.layers, recipe.student.hidden, recipe.out) == (0.2, 2.0, 6, 256, "runs/x")
+    assert (recipe.alpha, recipe.temperature, recipe.student.layers, recipe.student.hidden, recipe.out) == (
+        0.2,
+        2.0,
+        6,
+        256,
+        "runs/x",
+    )
     assert recipe.hash() == recipe.replace(out="elsewhere", log_interval=99).hash()
     assert recipe.hash() != recipe.replace(alpha=0.3).hash()
     path.write_text("alpah = 0.5\n")
@@ -233,7 +289,10 @@ def test_data_order_depends_only_on_the_global_batch():
     two = Recipe(micro_batch=1, grad_accum=2)
     for step in range(5):
         single = sorted(sum(sample_indices(step, one, Env(), 37), []))
-        split = sorted(sum(sample_indices(step, two, Env(rank=0, world=2), 37), []) + sum(sample_indices(step, two, Env(rank=1, world=2), 37), []))
+        split = sorted(
+            sum(sample_indices(step, two, Env(rank=0, world=2), 37), [])
+            + sum(sample_indices(step, two, Env(rank=1, world=2), 37), [])
+        )
         assert single == split
     epoch = sum((sum(sample_indices(s, one, Env(), 8), []) for s in range(2)), [])
     assert sorted(epoch) == list(range(8))  # one epoch visits every block once
@@ -293,9 +352,13 @@ def test_cli_train_json_and_one_line_errors(world, tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["steps"] == 2 and Path(summary["student"]).is_dir() and summary["val_ce"] > 0
 
-    bad = runner.invoke(app, ["distill", "train", "--recipe", str(recipe), "--set", "alpha=3", "--out", str(tmp_path / "bad")])
+    bad = runner.invoke(
+        app, ["distill", "train", "--recipe", str(recipe), "--set", "alpha=3", "--out", str(tmp_path / "bad")]
+    )
     assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "alpha" in bad.stderr
-    missing = runner.invoke(app, ["distill", "train", "--corpus", str(tmp_path / "nothing"), "--out", str(tmp_path / "bad")])
+    missing = runner.invoke(
+        app, ["distill", "train", "--corpus", str(tmp_path / "nothing"), "--out", str(tmp_path / "bad")]
+    )
     assert missing.exit_code != 0 and "Traceback" not in missing.output and missing.stderr.startswith("error:")
     sweep = runner.invoke(app, ["distill", "sweep", "--alpha", "a,b"])
     assert sweep.exit_code == 2 and "--alpha" in sweep.stderr
@@ -305,8 +368,8 @@ def test_cli_train_json_and_one_line_errors(world, tmp_path):
 def test_pipeline_runs_the_whole_chain_into_a_lock_that_generate_uses(world, tmp_path):
     from assistant.codegen.generate import GenerateOptions, generate
     from assistant.runtime.engine import Sampling
-    from assistant.store.lockfile import load_lock
     from assistant.runtime.prompts import Request
+    from assistant.store.lockfile import load_lock
     from distill.pipeline import load_pipeline, run_pipeline
 
     lock = tmp_path / "lock" / "models.lock"
@@ -320,18 +383,18 @@ def test_pipeline_runs_the_whole_chain_into_a_lock_that_generate_uses(world, tmp
     recipe.write_text(
         f"""
 [corpus]
-out = "{tmp_path / 'corpus'}"
-tokenizer = "{world['teacher']}"
+out = "{tmp_path / "corpus"}"
+tokenizer = "{world["teacher"]}"
 roots = ["{src}"]
 val_fraction = 0.3
 
 [cache]
-out = "{tmp_path / 'cache'}"
+out = "{tmp_path / "cache"}"
 top_k = 8
 
 [distill]
-teacher = "{world['teacher']}"
-out = "{tmp_path / 'run'}"
+teacher = "{world["teacher"]}"
+out = "{tmp_path / "run"}"
 train_blocks = 8
 block_size = 32
 micro_batch = 2
@@ -346,7 +409,7 @@ layers = 1
 [export]
 name = "tiny-student"
 types = ["Q8_0"]
-out_dir = "{lock.parent / 'models'}"
+out_dir = "{lock.parent / "models"}"
 lock = "{lock}"
 """
     )
@@ -358,7 +421,12 @@ lock = "{lock}"
     assert entry.provenance["tool"] == "assistant export quantize"
     trained = entry.provenance["distilled"]
     assert trained["steps"] == 3 and len(trained["recipe_hash"]) == 64 and trained["teacher"] == world["teacher"]
-    out = generate(Request(prompt="def add(a, b):"), GenerateOptions(model="tiny-student", lock=lock, prompt_style="completion", sampling=Sampling(max_tokens=4, seed=0)))
+    out = generate(
+        Request(prompt="def add(a, b):"),
+        GenerateOptions(
+            model="tiny-student", lock=lock, prompt_style="completion", sampling=Sampling(max_tokens=4, seed=0)
+        ),
+    )
     assert out.generation.timings.generated_tokens >= 1
     # a second run reuses every stage's output
     again = run_pipeline(load_pipeline(recipe), ("corpus", "cache", "train"), say=said.append)

@@ -7,9 +7,9 @@ from typer.testing import CliRunner
 
 from assistant.cli.app import app
 from assistant.codegen.codet import run_matrix
-from assistant.evaluation.run import EvalConfig, run_eval
 from assistant.errors import AssistantError, UsageError
 from assistant.evaluation.humaneval import hidden_test_program, load_problems
+from assistant.evaluation.run import EvalConfig, run_eval
 from assistant.sandbox.limits import Limits
 from assistant.sandbox.pool import run_many
 
@@ -56,7 +56,7 @@ def test_eval_writes_results_and_resumes(engine, tmp_path):
     s = run_eval(engine, cfg, tmp_path, run_programs, limit=2, on_problem=lambda r, i, n: seen.append(r.task_id))
     assert seen == ["HumanEval/0", "HumanEval/1"] and s.problems == 2
     assert 0.0 <= s.pass_at_k["pass@1"] <= 1.0
-    samples = [json.loads(l) for l in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [x["task_id"] for x in samples] == seen
     assert all(x["outcome"] in ("passed", "failed", "timeout", "crashed", "resource_limit", "not run") for x in samples)
     assert json.loads((tmp_path / "summary.json").read_text())["problems"] == 2
@@ -68,7 +68,9 @@ def test_eval_writes_results_and_resumes(engine, tmp_path):
     s = run_eval(engine, cfg, tmp_path, run_programs, limit=3, on_problem=lambda r, i, n: seen.append((r.task_id, i)))
     # the saved problems are reported first (so progress starts at 2/3); only HumanEval/2 is run
     assert seen == [("HumanEval/0", 1), ("HumanEval/1", 2), ("HumanEval/2", 3)] and s.problems == 3
-    assert [json.loads(l)["task_id"] for l in (tmp_path / "samples.jsonl").read_text().splitlines()][-1] == "HumanEval/2"
+    assert [json.loads(line)["task_id"] for line in (tmp_path / "samples.jsonl").read_text().splitlines()][
+        -1
+    ] == "HumanEval/2"
     assert len((tmp_path / "problems.jsonl").read_text().splitlines()) == 3
 
     with pytest.raises(AssistantError, match="different settings.*max_tokens"):
@@ -109,7 +111,9 @@ def test_codet_rerank_on_a_user_dataset(engine, tmp_path):
 
 def test_eval_cli_json_and_bad_dataset(tmp_path):
     runner = CliRunner()
-    r = runner.invoke(app, ["eval", "humaneval", "--limit", "1", "--max-tokens", "128", "--out", str(tmp_path / "o"), "--json"])
+    r = runner.invoke(
+        app, ["eval", "humaneval", "--limit", "1", "--max-tokens", "128", "--out", str(tmp_path / "o"), "--json"]
+    )
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["problems"] == 1
     bad = tmp_path / "bad.jsonl"
@@ -122,8 +126,22 @@ def test_eval_cli_json_and_bad_dataset(tmp_path):
 def test_generate_with_codet_rerank_explains(tmp_path):
     r = CliRunner().invoke(
         app,
-        ["generate", "Write a Python function is_palindrome(s) that checks whether a string reads the same backwards.",
-         "--rerank", "codet", "--samples", "3", "--tests", "4", "--seed", "1", "--json", "--explain", "-n", "160"],
+        [
+            "generate",
+            "Write a Python function is_palindrome(s) that checks whether a string reads the same backwards.",
+            "--rerank",
+            "codet",
+            "--samples",
+            "3",
+            "--tests",
+            "4",
+            "--seed",
+            "1",
+            "--json",
+            "--explain",
+            "-n",
+            "160",
+        ],
     )
     assert r.exit_code == 0, r.stderr
     d = json.loads(r.stdout)

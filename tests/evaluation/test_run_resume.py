@@ -56,10 +56,28 @@ def test_an_interrupt_says_how_many_problems_were_saved(smol, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_then_resume_through_the_executable(tmp_path):
     out = tmp_path / "run"
-    cmd = [EXE, "eval", "humaneval", "-m", SMOL, "--prompt-style", "completion", "--max-tokens", "16",
-           "--threads", "1", "--out", str(out)]
-    proc = subprocess.Popen(cmd + ["--limit", "40"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, preexec_fn=_default_sigint)
+    cmd = [
+        EXE,
+        "eval",
+        "humaneval",
+        "-m",
+        SMOL,
+        "--prompt-style",
+        "completion",
+        "--max-tokens",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        cmd + ["--limit", "40"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_default_sigint,
+    )
     deadline = time.monotonic() + 120
     while not _saved(out):  # Ctrl-C once the first problem is saved
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()

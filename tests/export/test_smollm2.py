@@ -16,7 +16,13 @@ from assistant.store.gguf_file import read_gguf
 from assistant.store.lockfile import load_lock
 from export.pipeline import GgufRequest, LockTarget, QuantizeRequest, export_gguf, quantize_file, verify_files
 from export.verify import VerifyConfig
-from tests.tiny_llama import SMOLLM2_LOCK_NAME, cached_smollm2_tokenizer, load_smollm2_torch, save_smollm2_checkpoint, smollm2_gguf
+from tests.tiny_llama import (
+    SMOLLM2_LOCK_NAME,
+    cached_smollm2_tokenizer,
+    load_smollm2_torch,
+    save_smollm2_checkpoint,
+    smollm2_gguf,
+)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +54,9 @@ def files(checkpoint, lock_path) -> dict[str, Path]:
     models = lock_path.parent / "models"
     out = {}
     for outtype in ("f32", "f16"):
-        o = export_gguf(GgufRequest(checkpoint, models / f"smollm2.{outtype.upper()}.gguf", outtype, lock=LockTarget(lock_path)))
+        o = export_gguf(
+            GgufRequest(checkpoint, models / f"smollm2.{outtype.upper()}.gguf", outtype, lock=LockTarget(lock_path))
+        )
         out[o.result.outtype] = o.result.path
     for o in quantize_file(QuantizeRequest(out["F16"], "Q8_0,Q4_K_M", threads=2, lock=LockTarget(lock_path))):
         out[o.result.qtype] = o.result.path
@@ -64,8 +72,15 @@ def test_export_copies_the_teacher_tokenizer_and_keeps_every_parameter(files, lo
         assert {k: v for k, v in md.items() if k.startswith("tokenizer.")} == {
             k: v for k, v in teacher_md.items() if k.startswith("tokenizer.")
         }
-        for key in ("llama.block_count", "llama.embedding_length", "llama.feed_forward_length", "llama.context_length",
-                    "llama.attention.head_count", "llama.attention.head_count_kv", "llama.rope.freq_base"):
+        for key in (
+            "llama.block_count",
+            "llama.embedding_length",
+            "llama.feed_forward_length",
+            "llama.context_length",
+            "llama.attention.head_count",
+            "llama.attention.head_count_kv",
+            "llama.rope.freq_base",
+        ):
             assert md[key] == teacher_md[key], key
         entry = lock.get(f"smollm2-{quant.lower()}")
         assert entry.quantization == quant and entry.parameters == teacher.parameters == 134515008
@@ -82,8 +97,12 @@ def test_q4_k_m_reports_the_tensors_that_fall_back_because_576_is_not_a_multiple
 
 
 def test_llama_cpp_reproduces_pytorch_greedy_output_over_64_tokens(checkpoint, files, lock_path):
-    report = verify_files(checkpoint, [str(files[q]) for q in ("F32", "F16", "Q8_0", "Q4_K_M")],
-                          VerifyConfig(n_new=64, speed_tokens=0), lock_path=lock_path)
+    report = verify_files(
+        checkpoint,
+        [str(files[q]) for q in ("F32", "F16", "Q8_0", "Q4_K_M")],
+        VerifyConfig(n_new=64, speed_tokens=0),
+        lock_path=lock_path,
+    )
     f32, f16, q8, q4 = report.files
     assert all(f.tokenization_identical for f in report.files)
     assert f32.greedy_matched == f16.greedy_matched == [64] * 4, (f32.greedy_matched, f16.greedy_matched)

@@ -115,9 +115,15 @@ def test_f32_export_reproduces_pytorch_logits_and_hparams(variant, models, hf_id
     info = read_gguf(res.path)
     md = info.metadata
     expected = {
-        "llama.context_length": 2048, "llama.embedding_length": 256, "llama.feed_forward_length": 512,
-        "llama.block_count": 2, "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2,
-        "llama.rope.dimension_count": 64, "llama.vocab_size": 49152, "general.file_type": 0,
+        "llama.context_length": 2048,
+        "llama.embedding_length": 256,
+        "llama.feed_forward_length": 512,
+        "llama.block_count": 2,
+        "llama.attention.head_count": 4,
+        "llama.attention.head_count_kv": 2,
+        "llama.rope.dimension_count": 64,
+        "llama.vocab_size": 49152,
+        "general.file_type": 0,
     }
     assert {k: md[k] for k in expected} == expected
     assert md["llama.rope.freq_base"] == 10000.0 and np.isclose(md["llama.attention.layer_norm_rms_epsilon"], 1e-5)
@@ -142,8 +148,13 @@ def test_f16_and_bf16_exports_stay_close(outtype, tol, models, hf_ids, tmp_path)
     "scaling",
     [
         {"rope_type": "linear", "factor": 4.0},
-        {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-         "original_max_position_embeddings": 64},
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
         {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 512},
     ],
     ids=lambda s: s["rope_type"],
@@ -178,8 +189,14 @@ def test_hf_bpe_tokenizer_rebuilds_the_teachers_vocab_and_tokenizes_code_identic
     res = export(models["tied"][0], tmp_path / "m.gguf")
     assert res.tokenizer.startswith("hf-bpe")
     mine, teacher = tokenizer_metadata(res.path), tokenizer_metadata(smollm2_gguf())
-    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
-                "tokenizer.chat_template", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+    for key in (
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+        "tokenizer.chat_template",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+    ):
         assert mine[key] == teacher[key], key
     hf = AutoTokenizer.from_pretrained(tok_dir)
     llm = llama_cpp.Llama(str(res.path), vocab_only=True, verbose=False)
@@ -191,11 +208,14 @@ def test_digit_splitting_pre_tokenizer_is_detected_as_smollm(tok_dir, tmp_path):
     import llama_cpp
     from tokenizers import Tokenizer
 
-    d = write_numpy_llama(tmp_path / "m", TinyLlamaSpec(hidden=64, intermediate=128, heads=2, kv_heads=1, layers=1),
-                          tokenizer_dir=tok_dir)
+    d = write_numpy_llama(
+        tmp_path / "m", TinyLlamaSpec(hidden=64, intermediate=128, heads=2, kv_heads=1, layers=1), tokenizer_dir=tok_dir
+    )
     tj = json.loads((d / "tokenizer.json").read_text())
-    tj["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
-                                                                 tj["pre_tokenizer"]]}
+    tj["pre_tokenizer"] = {
+        "type": "Sequence",
+        "pretokenizers": [{"type": "Digits", "individual_digits": True}, tj["pre_tokenizer"]],
+    }
     (d / "tokenizer.json").write_text(json.dumps(tj))
     res = export(d, tmp_path / "m.gguf")
     assert tokenizer_metadata(res.path)["tokenizer.ggml.pre"] == "smollm"
@@ -216,7 +236,9 @@ def test_teacher_tokenizer_is_copied_verbatim_when_the_directory_records_it(tok_
     # the same through --tokenizer-from with a path, and a vocab mismatch is refused
     res2 = export(d, tmp_path / "m2.gguf", tokenizer_from=str(smollm2_gguf()))
     assert tokenizer_metadata(res2.path) == tokenizer_metadata(smollm2_gguf())
-    small = write_numpy_llama(tmp_path / "s", TinyLlamaSpec(vocab=1000, hidden=64, intermediate=128, heads=2, kv_heads=1))
+    small = write_numpy_llama(
+        tmp_path / "s", TinyLlamaSpec(vocab=1000, hidden=64, intermediate=128, heads=2, kv_heads=1)
+    )
     with pytest.raises(ExportError, match="has 49152 tokens but .* has vocab_size 1000"):
         export(small, tmp_path / "s.gguf", tokenizer_from=str(smollm2_gguf()))
 
@@ -233,7 +255,9 @@ def test_every_supported_quant_type_loads_and_generates(f32_file, tmp_path):
     import llama_cpp
 
     outcomes = quantize_file(QuantizeRequest(f32_file, "F16,Q8_0,Q5_K_M,Q4_K_M,Q4_0", out_dir=tmp_path, lock=NO_LOCK))
-    assert [o.result.path.name for o in outcomes] == [f"tiny.{t}.gguf" for t in ("F16", "Q8_0", "Q5_K_M", "Q4_K_M", "Q4_0")]
+    assert [o.result.path.name for o in outcomes] == [
+        f"tiny.{t}.gguf" for t in ("F16", "Q8_0", "Q5_K_M", "Q4_K_M", "Q4_0")
+    ]
     sizes = [o.result.size for o in outcomes]
     assert sizes == sorted(sizes, reverse=True)
     for o in outcomes:
@@ -247,7 +271,9 @@ def test_every_supported_quant_type_loads_and_generates(f32_file, tmp_path):
 
 
 def test_k_quant_fallbacks_are_reported_for_rows_not_divisible_by_256(tok_dir, tmp_path):
-    d = write_numpy_llama(tmp_path / "m", TinyLlamaSpec(hidden=320, heads=5, kv_heads=1, layers=1), tokenizer_dir=tok_dir)
+    d = write_numpy_llama(
+        tmp_path / "m", TinyLlamaSpec(hidden=320, heads=5, kv_heads=1, layers=1), tokenizer_dir=tok_dir
+    )
     src = export(d, tmp_path / "m.F16.gguf", "f16").path
     res = quantize(src, "Q4_K_M", tmp_path / "m.Q4_K_M.gguf")
     names = {n.name for n in res.fallbacks}
@@ -318,7 +344,11 @@ def test_cli_exports_quantizes_and_verifies_into_a_lock_that_generate_uses(tok_d
 
     lock = load_lock(tmp_lock)
     original = load_lock(REPO / "models.lock")
-    assert lock.default == original.default and lock.names() == original.names() + ["student-f16", "student-q8_0", "student-q4_k_m"]
+    assert lock.default == original.default and lock.names() == original.names() + [
+        "student-f16",
+        "student-q8_0",
+        "student-q4_k_m",
+    ]
     teacher = lock.get(SMOLLM2_LOCK_NAME)
     for name, quant in (("student-f16", "F16"), ("student-q8_0", "Q8_0"), ("student-q4_k_m", "Q4_K_M")):
         e = lock.get(name)
@@ -331,19 +361,48 @@ def test_cli_exports_quantizes_and_verifies_into_a_lock_that_generate_uses(tok_d
         assert set(e.provenance["versions"]) == {"gguf", "llama-cpp-python", "torch", "transformers"}
     assert lock.get("student-q8_0").provenance["quantized_from"]["name"] == "student-f16"
 
-    r = runner.invoke(app, ["generate", "--model", "student-q4_k_m", "--lock", str(tmp_lock), "-n", "8",
-                            "--seed", "1", "--threads", "1", "--json", "def add(a, b):"])
+    r = runner.invoke(
+        app,
+        [
+            "generate",
+            "--model",
+            "student-q4_k_m",
+            "--lock",
+            str(tmp_lock),
+            "-n",
+            "8",
+            "--seed",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+            "def add(a, b):",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["model"]["name"] == "student-q4_k_m"
 
-    r = runner.invoke(export_app, ["verify", str(d), "student-f16", str(out.with_name("student.Q8_0.gguf")),
-                                   "--lock", str(tmp_lock), "--tokens", "16", "--no-speed", "--json"])
+    r = runner.invoke(
+        export_app,
+        [
+            "verify",
+            str(d),
+            "student-f16",
+            str(out.with_name("student.Q8_0.gguf")),
+            "--lock",
+            str(tmp_lock),
+            "--tokens",
+            "16",
+            "--no-speed",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["passed"] and [f["quantization"] for f in report["files"]] == ["F16", "Q8_0"]
     f16, q8 = report["files"]
     assert f16["tokenization_identical"] and f16["greedy_matched"] == [16] * 4
-    assert f16["kl_mean"] < 1e-4 and f16["kl_f16"] == 0.0 and 0 < q8["kl_f16"] and q8["top1"] > 0.5
+    assert f16["kl_mean"] < 1e-4 and f16["kl_f16"] == 0.0 and q8["kl_f16"] > 0 and q8["top1"] > 0.5
 
 
 def test_cli_bad_input_is_one_line_with_a_fix(models, f32_file, tmp_lock, tmp_path):
@@ -355,11 +414,25 @@ def test_cli_bad_input_is_one_line_with_a_fix(models, f32_file, tmp_lock, tmp_pa
     cases = [
         (["gguf", str(bad), "--no-lock"], "config.json names GPT2LMHeadModel"),
         (["gguf", str(models["tied"][0]), "--out", str(f32_file), "--no-lock"], "already exists"),
-        (["gguf", str(models["tied"][0]), "--outtype", "q4", "--no-lock"], "--outtype 'q4' is not one of f32, f16, bf16"),
+        (
+            ["gguf", str(models["tied"][0]), "--outtype", "q4", "--no-lock"],
+            "--outtype 'q4' is not one of f32, f16, bf16",
+        ),
         (["quantize", str(f32_file), "--type", "IQ2_XXS", "--no-lock"], "needs an importance matrix"),
         (["quantize", str(f32_file), "--type", "Q7_K", "--no-lock"], "unsupported quantization type 'Q7_K'"),
-        (["gguf", str(models["tied"][0]), "--out", str(tmp_path / "x.gguf"), "--name", "smollm2-135m-instruct",
-          "--lock", str(tmp_lock)], "already has a model named 'smollm2-135m-instruct'"),
+        (
+            [
+                "gguf",
+                str(models["tied"][0]),
+                "--out",
+                str(tmp_path / "x.gguf"),
+                "--name",
+                "smollm2-135m-instruct",
+                "--lock",
+                str(tmp_lock),
+            ],
+            "already has a model named 'smollm2-135m-instruct'",
+        ),
     ]
     for args, needle in cases:
         r = runner.invoke(export_app, args)
@@ -370,8 +443,15 @@ def test_cli_bad_input_is_one_line_with_a_fix(models, f32_file, tmp_lock, tmp_pa
 
 
 def test_export_entry_defaults_without_a_teacher(models, tmp_lock, tmp_path):
-    outcome = export_gguf(GgufRequest(models["tied"][0], tmp_path / "t.F16.gguf", "f16",
-                                      entry=EntrySpec(roles=("generate", "student")), lock=LockTarget(tmp_lock)))
+    outcome = export_gguf(
+        GgufRequest(
+            models["tied"][0],
+            tmp_path / "t.F16.gguf",
+            "f16",
+            entry=EntrySpec(roles=("generate", "student")),
+            lock=LockTarget(tmp_lock),
+        )
+    )
     e = load_lock(tmp_lock).get("t-f16")
     assert e == outcome.entry
     assert e.roles == ("generate", "student") and e.license == "unknown" and e.prompt_style == "chat" and e.stop == ()

@@ -117,8 +117,9 @@ def test_truncated_safetensors_is_refused(tmp_path):
 
 
 def test_hparams_come_from_config_including_rope_scaling(tmp_path):
-    spec = TinyLlamaSpec(vocab=64, hidden=64, intermediate=128, heads=4, kv_heads=2,
-                         rope_scaling={"rope_type": "linear", "factor": 2.0})
+    spec = TinyLlamaSpec(
+        vocab=64, hidden=64, intermediate=128, heads=4, kv_heads=2, rope_scaling={"rope_type": "linear", "factor": 2.0}
+    )
     ck = read_checkpoint(write_numpy_llama(tmp_path / "m", spec))
     hp = ck.hparams
     assert (hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_vocab) == (64, 128, 4, 2, 16, 64)
@@ -153,7 +154,12 @@ def test_pre_tokenizer_is_detected_from_structure_or_asked_for(tmp_path):
 def test_sentencepiece_model_round_trips_through_our_protobuf_codec():
     model = spm.SentencePieceModel(
         pieces=(spm.Piece("<unk>", 0.0, spm.UNKNOWN), spm.Piece("<s>", 0.0, spm.CONTROL), spm.Piece("▁a", -1.5)),
-        unk_id=0, bos_id=1, eos_id=-1, pad_id=-1, add_dummy_prefix=False, byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=-1,
+        pad_id=-1,
+        add_dummy_prefix=False,
+        byte_fallback=True,
     )
     assert spm.parse(spm.serialize(model)) == model
     with pytest.raises(ExportError, match="not a SentencePiece model"):
@@ -231,12 +237,15 @@ def test_kl_and_top1_agreement():
     assert matched_prefix([1, 2, 3], [1, 2, 4]) == 2 and matched_prefix([1], [1]) == 1
 
 
-
 # -- SentencePiece end to end (a synthetic tokenizer.model; sentencepiece is not installed) ----
 
 
 def sentencepiece_pieces(score=None) -> list:
-    pieces = [spm.Piece("<unk>", 0.0, spm.UNKNOWN), spm.Piece("<s>", 0.0, spm.CONTROL), spm.Piece("</s>", 0.0, spm.CONTROL)]
+    pieces = [
+        spm.Piece("<unk>", 0.0, spm.UNKNOWN),
+        spm.Piece("<s>", 0.0, spm.CONTROL),
+        spm.Piece("</s>", 0.0, spm.CONTROL),
+    ]
     pieces += [spm.Piece(f"<0x{b:02X}>", 0.0, spm.BYTE) for b in range(256)]  # byte fallback, incl. newline
     singles = "▁abcdefghijklmnopqrstuvwxyz():=+-"
     pieces += [spm.Piece(c, -10.0 - 0.01 * i if score is None else score) for i, c in enumerate(singles)]

@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from assistant.errors import UsageError
-from assistant.fidelity.tasks import normalize_code, names_tests_use
 from assistant.evaluation.humaneval import hidden_test_program, load_problems
 from assistant.fidelity.relations.registry import (
     RELATIONS,
@@ -25,13 +24,34 @@ from assistant.fidelity.relations.registry import (
     parse_relations,
 )
 from assistant.fidelity.relations.rewrites import negate
+from assistant.fidelity.tasks import names_tests_use, normalize_code
 from assistant.sandbox.limits import Limits
 from assistant.sandbox.runner import run_program
 
 PROBLEMS = load_problems()
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-STDLIB_MODULES = ("textwrap", "heapq", "bisect", "statistics", "shlex", "fnmatch", "posixpath", "colorsys", "calendar",
-                  "difflib", "base64", "glob", "quopri", "string", "shutil", "tokenize", "pprint", "getopt", "trace", "pstats")
+STDLIB_MODULES = (
+    "textwrap",
+    "heapq",
+    "bisect",
+    "statistics",
+    "shlex",
+    "fnmatch",
+    "posixpath",
+    "colorsys",
+    "calendar",
+    "difflib",
+    "base64",
+    "glob",
+    "quopri",
+    "string",
+    "shutil",
+    "tokenize",
+    "pprint",
+    "getopt",
+    "trace",
+    "pstats",
+)
 
 
 def d(code: str) -> str:
@@ -273,7 +293,10 @@ def test_swap_if_else_negates_exactly():
 
 def test_elif_chains_are_left_alone():
     with pytest.raises(NotApplicable):
-        apply("swap_if_else", "def f(a):\n    if a:\n        return 1\n    elif a is None:\n        return 2\n    else:\n        return 3\n")
+        apply(
+            "swap_if_else",
+            "def f(a):\n    if a:\n        return 1\n    elif a is None:\n        return 2\n    else:\n        return 3\n",
+        )
 
 
 def test_reorder_swaps_only_independent_statements():
@@ -389,5 +412,5 @@ def test_layout_and_comment_relations_keep_the_syntax_tree():
     for name in ("formatting", "remove_comments"):
         for source in STD_APPLICABLE[name][:40]:
             out = apply_relation(name, source, random.Random(0).randrange(100)).source
-            strip = lambda s: ast.dump(ast.parse(normalize_code(s)))  # noqa: E731 - docstring indentation aside
+            strip = lambda s: ast.dump(ast.parse(normalize_code(s)))
             assert strip(out) == strip(source)

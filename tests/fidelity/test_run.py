@@ -11,10 +11,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from assistant.fidelity import run as fid
-from assistant.guard import OneLineErrorGroup as _Group
-from assistant.runtime.engine import Engine, EngineConfig
 from assistant.cli.fidelity.command import fidelity
+from assistant.cli.fidelity.views import markdown, print_report
+from assistant.evaluation.humaneval import DatasetError, load_problems
+from assistant.fidelity import run as fid
 from assistant.fidelity.scoring import VocabCheck, chunk_stats, compare_vocab
 from assistant.fidelity.tasks import (
     ORIGINAL,
@@ -29,21 +29,27 @@ from assistant.fidelity.tasks import (
     normalize_code,
     split_marked,
 )
-from assistant.cli.fidelity.views import markdown, print_report
-from assistant.evaluation.humaneval import DatasetError, load_problems
-from assistant.store.resolve import HashCache, resolve
+from assistant.guard import OneLineErrorGroup as _Group
+from assistant.runtime.engine import Engine, EngineConfig
 from assistant.sandbox.limits import Limits
 from assistant.sandbox.pool import run_many
+from assistant.store.resolve import HashCache, resolve
 from export.requantize import requantize
 
 PROBLEMS = load_problems()
 MODEL = "smollm2-135m-instruct"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ASSERT_ROWS = [
-    {"id": "add", "target": "assert result == 5",
-     "prompt": 'def add(a, b):\n    """Return the sum of a and b."""\n    return a + b\n\n\ndef test_add():\n    result = add(2, 3)\n    <AssertPlaceHolder>\n'},
-    {"id": "rev", "target": "assert out == 'c b a'",
-     "prompt": "def reverse_words(text):\n    words = text.split()\n    return ' '.join(reversed(words))\n\n\ndef test_reverse_words():\n    out = reverse_words('a b c')\n    <AssertPlaceHolder>\n"},
+    {
+        "id": "add",
+        "target": "assert result == 5",
+        "prompt": 'def add(a, b):\n    """Return the sum of a and b."""\n    return a + b\n\n\ndef test_add():\n    result = add(2, 3)\n    <AssertPlaceHolder>\n',
+    },
+    {
+        "id": "rev",
+        "target": "assert out == 'c b a'",
+        "prompt": "def reverse_words(text):\n    words = text.split()\n    return ' '.join(reversed(words))\n\n\ndef test_reverse_words():\n    out = reverse_words('a b c')\n    <AssertPlaceHolder>\n",
+    },
 ]
 
 
@@ -126,7 +132,9 @@ def test_summaries_ratios_and_counts():
         _result("a", "dead_code", "x", "w", True, False, "1", "2"),
         _result("b", "dead_code", "y2", "z", False, False, "2", "2"),
     ]
-    original, [rel], overall = fid.summarize(results, [fid.Skip("c", "dead_code", "not applicable")], ["dead_code"], executes=True)
+    original, [rel], overall = fid.summarize(
+        results, [fid.Skip("c", "dead_code", "not applicable")], ["dead_code"], executes=True
+    )
     assert original.n == 2 and original.agree_exact_original == 0.5 and original.agree_exec_original == 1.0
     assert rel.n == 2 and rel.skipped == {"not applicable": 1}
     assert rel.teacher.pass_original == 1.0 and rel.teacher.pass_transformed == 0.5 and rel.teacher.drop == 0.5
@@ -134,7 +142,10 @@ def test_summaries_ratios_and_counts():
     assert rel.teacher.keeps_exact == 0.5 and rel.teacher.keeps_exec == 0.5 and rel.student.keeps_exec == 0.0
     assert rel.flip_ratio == 2.0 and rel.agree_exec_transformed == 0.5 and rel.agreement_drop == 0.5
     assert overall.n == 2 and overall.skipped == {"not applicable": 1}
-    same = [_result("a", ORIGINAL, "x", "x", True, True, "1", "1"), _result("a", "dead_code", "x", "x", True, True, "1", "1")]
+    same = [
+        _result("a", ORIGINAL, "x", "x", True, True, "1", "1"),
+        _result("a", "dead_code", "x", "x", True, True, "1", "1"),
+    ]
     _, [rel], _ = fid.summarize(same, [], ["dead_code"], executes=True)
     assert rel.drop_ratio is None and rel.flip_ratio is None  # nothing dropped: no ratio to take
 
@@ -147,7 +158,10 @@ def test_normalization_maps_renames_back():
     assert first_assert("Sure!\n```python\nassert f(1) == 2\n```") == "assert f(1) == 2"
     assert first_assert("assert (f(1) ==\n        2)\nmore") == "assert f(1) == 2"
     assert first_assert("no assert here") is None
-    assert first_assert("    self.assertEqual(w.wrap('a b'),\n                     ['a b'])\n") == "self.assertEqual(w.wrap('a b'), ['a b'])"
+    assert (
+        first_assert("    self.assertEqual(w.wrap('a b'),\n                     ['a b'])\n")
+        == "self.assertEqual(w.wrap('a b'), ['a b'])"
+    )
     assert first_assert("<AssertPlaceHolder>\nself.fail('x')") == "self.fail('x')"
     assert normalize_assert("    self.assertTrue(var0)", {"var0": "ok"}) == "self.assertTrue(ok)"
     assert normalize_assert("assert var0 == 5", {"var0": "result"}) == "assert result == 5"
@@ -156,7 +170,9 @@ def test_normalization_maps_renames_back():
 def test_assert_dataset_schema(tmp_path):
     items = load_assert_items(write_jsonl(tmp_path / "a.jsonl", ASSERT_ROWS))
     assert [i.id for i in items] == ["add", "rev"] and items[0].mask == "<AssertPlaceHolder>"
-    custom = load_assert_items(write_jsonl(tmp_path / "m.jsonl", [{"prompt": "x = 1\n<MASK>\n", "target": "assert x", "mask": "<MASK>"}]))
+    custom = load_assert_items(
+        write_jsonl(tmp_path / "m.jsonl", [{"prompt": "x = 1\n<MASK>\n", "target": "assert x", "mask": "<MASK>"}])
+    )
     assert custom[0].id == "1" and custom[0].mask == "<MASK>"
     bad = [
         ("not json\n", "line 1: bad JSON"),
@@ -172,10 +188,16 @@ def test_assert_dataset_schema(tmp_path):
 
 def test_mined_dataset_directory_is_read_through_assert_dataset(tmp_path):
     """The hook to assistant.asserts.dataset: a built dataset directory works as --dataset."""
-    ex = {"id": "t.py::T.test_wrap", "file": "stdlib:test/t.py", "split": "test", "focal_file": "stdlib:textwrap.py",
-          "focal_name": "wrap", "focal": "def wrap(text, width=70):\n    return [text]\n",
-          "prefix": "def test_wrap(self):\n    out = textwrap.wrap('a b')\n    <AssertPlaceHolder>\n",
-          "assertion": "self.assertEqual(out, ['a b'])"}
+    ex = {
+        "id": "t.py::T.test_wrap",
+        "file": "stdlib:test/t.py",
+        "split": "test",
+        "focal_file": "stdlib:textwrap.py",
+        "focal_name": "wrap",
+        "focal": "def wrap(text, width=70):\n    return [text]\n",
+        "prefix": "def test_wrap(self):\n    out = textwrap.wrap('a b')\n    <AssertPlaceHolder>\n",
+        "assertion": "self.assertEqual(out, ['a b'])",
+    }
     (tmp_path / "manifest.json").write_text("{}")
     write_jsonl(tmp_path / "test.jsonl", [ex])
     [item] = load_assert_items(tmp_path)
@@ -225,7 +247,9 @@ def test_completion_variants_are_checked_against_the_hidden_tests():
         assert v.problem.entry_point == v.renames.get(source.entry_point, source.entry_point)
     assert sum(v.relation == "dead_code" for v in variants) == 7
     # HumanEval/6's comprehension is in its solution, not its prompt: nothing for the models to see
-    assert ("HumanEval/6", "loop_comprehension", "prompt unchanged") in {(s.item_id, s.relation, s.reason) for s in skips}
+    assert ("HumanEval/6", "loop_comprehension", "prompt unchanged") in {
+        (s.item_id, s.relation, s.reason) for s in skips
+    }
     # a broken relation output is caught by the hidden tests, not passed on to the models
     broken = CompletionTask(PROBLEMS[:1], lambda programs: [type("R", (), {"passed": False})() for _ in programs])
     variants, skips = broken.variants(["dead_code"], 0)
@@ -258,7 +282,11 @@ def test_completion_judgement_executes_in_the_sandbox():
         (["--student", MODEL, "--plot", "/nonexistent-dir/x.png"], ["--plot", "does not exist"], 2),
         (["--student", "no-such-model", "--limit", "1"], ["unknown model 'no-such-model'", "known models"], 1),
         (["--student", "/tmp/definitely-missing.gguf", "--limit", "1"], ["definitely-missing.gguf"], 1),
-        (["--student", MODEL, "--ids", "HumanEval/0,HumanEval/999"], ["--ids names unknown items HumanEval/999", "HumanEval/0"], 2),
+        (
+            ["--student", MODEL, "--ids", "HumanEval/0,HumanEval/999"],
+            ["--ids names unknown items HumanEval/999", "HumanEval/0"],
+            2,
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_says_the_fix(args, needles, code):
@@ -268,7 +296,9 @@ def test_bad_input_is_one_line_and_says_the_fix(args, needles, code):
 def test_bad_assert_dataset_is_one_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x = 1", "target": "assert x"}\n')
-    assert_one_line_error(invoke("--student", MODEL, "--task", "asserts", "--dataset", str(bad)), "line 1", "exactly once")
+    assert_one_line_error(
+        invoke("--student", MODEL, "--task", "asserts", "--dataset", str(bad)), "line 1", "exactly once"
+    )
 
 
 # -- end to end with real models ----------------------------------------------------------------------
@@ -282,8 +312,23 @@ def self_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ASSISTANT_CACHE", str(d / "cache"))
         mp.delenv("ASSISTANT_LOCK", raising=False)
-        r = invoke("--teacher", MODEL, "--student", MODEL, "--limit", "1", "--relations", "rename_synonyms,dead_code",
-                   "--max-tokens", "48", "--json", "--out", str(files["out"]), "--plot", str(files["plot"]))
+        r = invoke(
+            "--teacher",
+            MODEL,
+            "--student",
+            MODEL,
+            "--limit",
+            "1",
+            "--relations",
+            "rename_synonyms,dead_code",
+            "--max-tokens",
+            "48",
+            "--json",
+            "--out",
+            str(files["out"]),
+            "--plot",
+            str(files["plot"]),
+        )
     assert r.exit_code == 0, r.stderr + r.stdout
     return json.loads(r.stdout), files
 
@@ -335,8 +380,19 @@ def test_a_deliberately_different_model_agrees_less(engine, different):
 @pytest.mark.slow
 def test_asserts_task_end_to_end(tmp_path):
     data = write_jsonl(tmp_path / "asserts.jsonl", ASSERT_ROWS)
-    r = invoke("--student", MODEL, "--task", "asserts", "--dataset", str(data), "--relations", "rename_neutral,formatting",
-               "--max-tokens", "32", "--markdown")
+    r = invoke(
+        "--student",
+        MODEL,
+        "--task",
+        "asserts",
+        "--dataset",
+        str(data),
+        "--relations",
+        "rename_neutral,formatting",
+        "--max-tokens",
+        "32",
+        "--markdown",
+    )
     assert r.exit_code == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ")]
     agreement = {row.split("|")[1].strip(): row for row in rows[1:5]}
@@ -347,7 +403,9 @@ def test_asserts_task_end_to_end(tmp_path):
 
 @pytest.mark.slow
 def test_different_vocabularies_skip_distribution_metrics(engine, monkeypatch, capsys):
-    monkeypatch.setattr(fid, "compare_vocab", lambda t, s: VocabCheck(False, "vocabularies differ in size (49152 vs 32000 tokens)"))
+    monkeypatch.setattr(
+        fid, "compare_vocab", lambda t, s: VocabCheck(False, "vocabularies differ in size (49152 vs 32000 tokens)")
+    )
     task = CompletionTask(PROBLEMS[:1], run_programs)
     report = fid.run_fidelity(engine, engine, task, fid.FidelityConfig(relations=("dead_code",), max_tokens=16))
     assert all(r.dist is None for r in report.results) and report.overall.dist_transformed is None

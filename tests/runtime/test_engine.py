@@ -4,8 +4,8 @@ import ast
 
 import pytest
 
-from assistant.runtime.engine import ContextError, Sampling
 from assistant.errors import AssistantError
+from assistant.runtime.engine import ContextError, Sampling
 from assistant.runtime.prompts import Request, extract_code
 
 ASK = Request("Write a Python function is_even(n) that returns True when n is even.")

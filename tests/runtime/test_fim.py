@@ -22,8 +22,15 @@ from assistant.runtime.fim import (
 )
 
 # A character-level stand-in tokenizer: one token per character, ids above the control tokens.
-QWEN_TEXTS = {"<|fim_prefix|>": 1, "<|fim_suffix|>": 2, "<|fim_middle|>": 3, "<|fim_pad|>": 4,
-              "<|repo_name|>": 5, "<|file_sep|>": 6, "<|endoftext|>": 7}
+QWEN_TEXTS = {
+    "<|fim_prefix|>": 1,
+    "<|fim_suffix|>": 2,
+    "<|fim_middle|>": 3,
+    "<|fim_pad|>": 4,
+    "<|repo_name|>": 5,
+    "<|file_sep|>": 6,
+    "<|endoftext|>": 7,
+}
 FIM = find_fim_tokens(QWEN_TEXTS.get)
 
 
@@ -75,8 +82,10 @@ def test_repository_form_with_extra_files_and_dropping():
     assert p.extra_files == ("util.py",) and p.dropped_files == ("big.py",)
     assert p.tokens[0] == 5 and p.tokens[1:6] == tok("proj\n")
     rendered = p.text(FIM, detok)
-    assert rendered.startswith("<|repo_name|>proj\n<|file_sep|>util.py\ndef helper():\n    return 1\n"
-                               "<|file_sep|>main.py\n<|fim_prefix|>helper(<|fim_suffix|>)\n<|fim_middle|>")
+    assert rendered.startswith(
+        "<|repo_name|>proj\n<|file_sep|>util.py\ndef helper():\n    return 1\n"
+        "<|file_sep|>main.py\n<|fim_prefix|>helper(<|fim_suffix|>)\n<|fim_middle|>"
+    )
 
 
 def test_too_little_room_is_an_error():

@@ -74,8 +74,15 @@ def test_unescape_gives_what_the_user_meant(raw, meant):
     assert unescape(raw) == meant
 
 
-@pytest.mark.parametrize("raw, needle", [(r"\q", "unknown escape"), ("end\\", "lone backslash"),
-                                         (r"\x4", "needs 2 hex digits"), (r"\uD800", "not a Unicode character")])
+@pytest.mark.parametrize(
+    "raw, needle",
+    [
+        (r"\q", "unknown escape"),
+        ("end\\", "lone backslash"),
+        (r"\x4", "needs 2 hex digits"),
+        (r"\uD800", "not a Unicode character"),
+    ],
+)
 def test_bad_escapes_are_usage_errors(raw, needle):
     with pytest.raises(UsageError, match=needle):
         unescape(raw)

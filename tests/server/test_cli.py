@@ -16,13 +16,30 @@ from assistant.store.resolve import MODEL_ENV
 
 
 def _cli(*args: str, env=None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "assistant", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "assistant", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_serve_subprocess_answers_then_stops(small_model):
-    p = subprocess.Popen([sys.executable, "-m", "assistant", "serve", "-m", small_model.name, "--port", "0",
-                          "--threads", "1", "--ctx", "512"], stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "assistant",
+            "serve",
+            "-m",
+            small_model.name,
+            "--port",
+            "0",
+            "--threads",
+            "1",
+            "--ctx",
+            "512",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = p.stderr.readline()
         m = re.search(r"on (http://127\.0\.0\.1:\d+) ", line)
@@ -68,8 +85,23 @@ def test_infill_in_place_on_qwen(tmp_path, code_model):
     src = tmp_path / "m.py"
     src.write_text("def add(a, b):\n    \n\n\nassert add(2, 3) == 5\n")
     env = {k: v for k, v in os.environ.items() if k != MODEL_ENV}
-    r = _cli("infill", str(src), "--at", "2:5", "-m", code_model.name, "--threads", "2", "--ctx", "1024",
-             "--max-tokens", "24", "--in-place", env=env, timeout=600)
+    r = _cli(
+        "infill",
+        str(src),
+        "--at",
+        "2:5",
+        "-m",
+        code_model.name,
+        "--threads",
+        "2",
+        "--ctx",
+        "1024",
+        "--max-tokens",
+        "24",
+        "--in-place",
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr
     text = src.read_text()
     assert "a + b" in text and text.endswith("assert add(2, 3) == 5\n")

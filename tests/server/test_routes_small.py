@@ -20,8 +20,9 @@ def test_models_lists_the_served_model(client, small_model):
 
 
 def test_chat_not_streamed(client):
-    r = client.chat.completions.create(model="smollm2-135m-instruct", max_tokens=8, seed=3,
-                                       messages=[{"role": "user", "content": "Say hello."}])
+    r = client.chat.completions.create(
+        model="smollm2-135m-instruct", max_tokens=8, seed=3, messages=[{"role": "user", "content": "Say hello."}]
+    )
     assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
     assert r.choices[0].message.content and r.choices[0].finish_reason in ("stop", "length")
     assert r.usage.prompt_tokens > 5 and 0 < r.usage.completion_tokens <= 8
@@ -29,8 +30,12 @@ def test_chat_not_streamed(client):
 
 
 def test_chat_streamed_matches_not_streamed(client):
-    kw = dict(model="smollm2-135m-instruct", max_tokens=12, temperature=0,
-              messages=[{"role": "user", "content": "Name a fruit."}])
+    kw = dict(
+        model="smollm2-135m-instruct",
+        max_tokens=12,
+        temperature=0,
+        messages=[{"role": "user", "content": "Name a fruit."}],
+    )
     whole = client.chat.completions.create(**kw).choices[0].message.content
     chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -40,8 +45,14 @@ def test_chat_streamed_matches_not_streamed(client):
 
 
 def test_completions_streamed_and_not_with_stop_and_seed(client):
-    kw = dict(model="smollm2-135m-instruct", prompt="def add(a, b):\n    return", max_tokens=16, temperature=0.9,
-              seed=42, stop=["\n"])
+    kw = dict(
+        model="smollm2-135m-instruct",
+        prompt="def add(a, b):\n    return",
+        max_tokens=16,
+        temperature=0.9,
+        seed=42,
+        stop=["\n"],
+    )
     a = client.completions.create(**kw)
     b = client.completions.create(**kw)
     assert a.choices[0].text == b.choices[0].text  # same seed, same text
@@ -51,8 +62,9 @@ def test_completions_streamed_and_not_with_stop_and_seed(client):
 
 
 def test_n_choices(client):
-    r = client.completions.create(model="smollm2-135m-instruct", prompt="x = ", max_tokens=4, n=2, temperature=1.0,
-                                  seed=1)
+    r = client.completions.create(
+        model="smollm2-135m-instruct", prompt="x = ", max_tokens=4, n=2, temperature=1.0, seed=1
+    )
     assert [c.index for c in r.choices] == [0, 1]
 
 
@@ -68,18 +80,25 @@ def test_ollama_tags_show_generate_chat(smol, small_model):
     assert tags[0]["name"] == small_model.name and tags[0]["digest"] == small_model.sha256
     show = httpx.post(u + "/api/show", json={"model": small_model.name}).json()
     assert ".Suffix" not in show["template"] and "insert" not in show["capabilities"]
-    with httpx.stream("POST", u + "/api/generate", json={"prompt": "Hi", "options": {"num_predict": 6}},
-                      timeout=60) as r:
+    with httpx.stream(
+        "POST", u + "/api/generate", json={"prompt": "Hi", "options": {"num_predict": 6}}, timeout=60
+    ) as r:
         assert r.headers["content-type"].startswith("application/x-ndjson")
         lines = [json.loads(x) for x in r.iter_lines() if x]
     assert all(not x["done"] for x in lines[:-1]) and lines[-1]["done"] is True
     assert lines[-1]["eval_count"] == len(lines) - 1 or lines[-1]["eval_count"] <= 6
     assert lines[-1]["done_reason"] in ("stop", "length")
-    r = httpx.post(u + "/api/generate", json={"prompt": "1, 2, 3,", "raw": True, "stream": False,
-                                              "options": {"num_predict": 4, "temperature": 0}}, timeout=60).json()
+    r = httpx.post(
+        u + "/api/generate",
+        json={"prompt": "1, 2, 3,", "raw": True, "stream": False, "options": {"num_predict": 4, "temperature": 0}},
+        timeout=60,
+    ).json()
     assert r["done"] and r["prompt_eval_count"] > 0 and r["response"]
-    r = httpx.post(u + "/api/chat", json={"messages": [{"role": "user", "content": "Hi"}], "stream": False,
-                                          "options": {"num_predict": 5}}, timeout=60).json()
+    r = httpx.post(
+        u + "/api/chat",
+        json={"messages": [{"role": "user", "content": "Hi"}], "stream": False, "options": {"num_predict": 5}},
+        timeout=60,
+    ).json()
     assert r["message"]["role"] == "assistant" and r["message"]["content"] and r["done"]
     r = httpx.post(u + "/api/generate", json={"prompt": "x", "suffix": "y"})
     assert r.status_code == 400 and "does not support insert" in r.json()["error"]

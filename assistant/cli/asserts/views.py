@@ -38,7 +38,9 @@ def print_report(report: AssertsReport, *, stderr: bool = False, show_failing: i
     reasons = report.errored_reasons()
     if reasons:
         console.print(escape("dropped (errored): " + ", ".join(f"{k} {v}" for k, v in reasons.items())))
-    failing = [(f.name, c, v) for f in report.functions for c, v in zip(f.candidates, f.verdicts) if v.status == FAILING]
+    failing = [
+        (f.name, c, v) for f in report.functions for c, v in zip(f.candidates, f.verdicts) if v.status == FAILING
+    ]
     if failing:
         console.print(f"failing ({len(failing)}; a model mistake or a real bug, not in the test file):")
         for name, c, v in failing[:show_failing]:
@@ -66,8 +68,13 @@ def progress(label: str, total: int) -> Iterator:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
-        TextColumn(f"[bold]{escape(label)}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+        TextColumn(f"[bold]{escape(label)}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
     ) as bar:
         task = bar.add_task(label, total=total, status="")
 
@@ -83,7 +90,11 @@ def print_eval(summary: dict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=escape(f"assertion generation: {summary['model']['name']} on {summary['examples']} {summary['split']} examples"))
+    t = Table(
+        title=escape(
+            f"assertion generation: {summary['model']['name']} on {summary['examples']} {summary['split']} examples"
+        )
+    )
     t.add_column("against")
     t.add_column("exact match", justify="right")
     t.add_column("similarity", justify="right")
@@ -92,7 +103,11 @@ def print_eval(summary: dict) -> None:
     ref = summary.get("reference")
     if ref:
         t.add_row(escape(f"reference {ref['name']}"), f"{ref['exact_match']:.4f}", f"{ref['similarity']:.4f}")
-        t.add_row(escape(f"{ref['name']} vs ground truth"), f"{ref['ground_truth']['exact_match']:.4f}", f"{ref['ground_truth']['similarity']:.4f}")
+        t.add_row(
+            escape(f"{ref['name']} vs ground truth"),
+            f"{ref['ground_truth']['exact_match']:.4f}",
+            f"{ref['ground_truth']['similarity']:.4f}",
+        )
     Console().print(t)
     line = f"{summary['ms_per_sample']:.0f} ms per sample; {summary['no_assertion']} answers held no assertion"
     if ref:

@@ -15,28 +15,39 @@ import typer
 
 def bench(
     models: Optional[List[str]] = typer.Argument(
-        None, help="Lock names or .gguf paths (default: the embedded model and every models.lock entry whose file is present)."
+        None,
+        help="Lock names or .gguf paths (default: the embedded model and every models.lock entry whose file is present).",
     ),
-    threads: Optional[str] = typer.Option(None, "--threads", help="Comma-separated thread counts (default: physical cores)."),
+    threads: Optional[str] = typer.Option(
+        None, "--threads", help="Comma-separated thread counts (default: physical cores)."
+    ),
     prompt_tokens: str = typer.Option("128,512", "--prompt-tokens", help="Comma-separated prompt lengths in tokens."),
     gen_tokens: int = typer.Option(128, "--gen-tokens", help="Tokens generated per run (EOS is ignored)."),
     reps: int = typer.Option(5, "--reps", help="Measured repetitions per setting."),
     warmup: int = typer.Option(1, "--warmup", help="Uncounted warm-up runs per setting."),
     cache_prefix: Optional[int] = typer.Option(
-        None, "--cache-prefix", help="Shared-prefix tokens for the prompt-cache test (default: largest --prompt-tokens; 0 skips it)."
+        None,
+        "--cache-prefix",
+        help="Shared-prefix tokens for the prompt-cache test (default: largest --prompt-tokens; 0 skips it).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the run as JSON on stdout instead of tables."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also save the run as JSON to FILE (for a later --baseline)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o", help="Also save the run as JSON to FILE (for a later --baseline)."
+    ),
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Write one CSV line per model and setting to FILE."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of decode tok/s and TTFT per thread count (needs matplotlib)."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="Show each figure as a ratio to a saved JSON run."),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="Write a PNG of decode tok/s and TTFT per thread count (needs matplotlib)."
+    ),
+    baseline: Optional[Path] = typer.Option(
+        None, "--baseline", help="Show each figure as a ratio to a saved JSON run."
+    ),
     lock: Optional[Path] = typer.Option(None, "--lock", envvar="ASSISTANT_LOCK", help="models.lock to use."),
 ) -> None:
     """Benchmark local models: load time, TTFT, prompt/decode tokens/s, memory, bandwidth ceiling."""
+    from assistant.atomic import check_output_file
     from assistant.bench import config as b
     from assistant.bench import report
     from assistant.bench.run import run_bench
-    from assistant.atomic import check_output_file
     from assistant.cli.bench import views
 
     cfg = b.BenchConfig(
@@ -73,6 +84,7 @@ def bench(
         sys.stdout.flush()
     else:
         views.print_report(run, ratios)
+
 
 def main() -> None:
     """`python -m assistant.bench ...`: the same command, with errors as one line (like the CLI)."""

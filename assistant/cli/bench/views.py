@@ -40,7 +40,9 @@ def plot_png(run: BenchRun) -> bytes:
         rs = sorted(rs, key=lambda r: r.threads)
         x = [r.threads for r in rs]
         label = f"{model} ({n}-token prompt)"
-        ax1.errorbar(x, [r.decode_tps_mean for r in rs], yerr=[r.decode_tps_sd for r in rs], marker="o", capsize=3, label=label)
+        ax1.errorbar(
+            x, [r.decode_tps_mean for r in rs], yerr=[r.decode_tps_sd for r in rs], marker="o", capsize=3, label=label
+        )
         ax2.plot(x, [1000 * r.ttft_p50_s for r in rs], marker="o", label=label)
     threads = sorted({r.threads for r in run.rows})
     for ax, title, ylabel in (
@@ -92,11 +94,21 @@ def print_report(run: BenchRun, ratios: list[dict] | None = None, console=None) 
         for t in fitted_tables(console, title, headers, rows, errors, keys):
             console.print(t)
 
-    show(run.command, SPEED_HEADERS, [speed_cells(r) for r in run.rows], [r.status != "ok" for r in run.rows],
-         KEY_COLUMNS)
+    show(
+        run.command,
+        SPEED_HEADERS,
+        [speed_cells(r) for r in run.rows],
+        [r.status != "ok" for r in run.rows],
+        KEY_COLUMNS,
+    )
     if run.prompt_cache:
-        show("prompt cache: TTFT (p50) of a second request that shares a prefix with the first",
-             CACHE_HEADERS, [cache_cells(r) for r in run.prompt_cache], [r.status != "ok" for r in run.prompt_cache], 2)
+        show(
+            "prompt cache: TTFT (p50) of a second request that shares a prefix with the first",
+            CACHE_HEADERS,
+            [cache_cells(r) for r in run.prompt_cache],
+            [r.status != "ok" for r in run.prompt_cache],
+            2,
+        )
     for line in error_lines(run):
         console.print(escape(f"error: {line}"), style="red", highlight=False)
     for line in disturbed_lines(run):
@@ -105,14 +117,22 @@ def print_report(run: BenchRun, ratios: list[dict] | None = None, console=None) 
         if not ratios:
             console.print("no (model, threads, prompt tokens) in common with the baseline", style="yellow")
             return
-        rows = [[r["model"], str(r["threads"]), str(r["prompt_tokens"]), *[fmt(r[f], ".3f") for f in RATIO_FIGURES]]
-                for r in ratios]
-        show("ratio to baseline (times and memory: >1 is worse; speeds and share: >1 is better)",
-             ("model", "thr", "prompt", *(RATIO_LABELS[f] for f in RATIO_FIGURES)), rows, [False] * len(rows), 3)
+        rows = [
+            [r["model"], str(r["threads"]), str(r["prompt_tokens"]), *[fmt(r[f], ".3f") for f in RATIO_FIGURES]]
+            for r in ratios
+        ]
+        show(
+            "ratio to baseline (times and memory: >1 is worse; speeds and share: >1 is better)",
+            ("model", "thr", "prompt", *(RATIO_LABELS[f] for f in RATIO_FIGURES)),
+            rows,
+            [False] * len(rows),
+            3,
+        )
 
 
-def fitted_tables(console, title: str, headers: Sequence[str], rows: list[list[str]], errors: list[bool],
-                  keys: int) -> list:
+def fitted_tables(
+    console, title: str, headers: Sequence[str], rows: list[list[str]], errors: list[bool], keys: int
+) -> list:
     """The table as it is when it fits ``console.width``; else as few compact parts as fit, each
     repeating the first ``keys`` columns.
 
@@ -128,15 +148,16 @@ def fitted_tables(console, title: str, headers: Sequence[str], rows: list[list[s
         return [natural]
 
     def build(columns: Sequence[int], part_title: str | None):
-        return _table(part_title, [headers[i] for i in columns], [[row[i] for i in columns] for row in rows], errors,
-                      compact=True)
+        return _table(
+            part_title, [headers[i] for i in columns], [[row[i] for i in columns] for row in rows], errors, compact=True
+        )
 
     def width(columns: Sequence[int]) -> int:
         return Measurement.get(console, unbounded, build(columns, None)).minimum
 
     key_cols = whole[: min(keys, len(headers))]
     parts: list[list[int]] = [[]]
-    for j in whole[len(key_cols):]:
+    for j in whole[len(key_cols) :]:
         if parts[-1] and width(key_cols + parts[-1] + [j]) > console.width:
             parts.append([])
         parts[-1].append(j)
@@ -155,8 +176,13 @@ def _table(title: str | None, headers: Sequence[str], rows: list[list[str]], err
         fixed = None
         if compact and h != "model":
             fixed = max([len(row[n]) for row in rows] + [len(word) for word in h.split()])
-        t.add_column(h, justify="left" if left else "right", overflow="fold" if left or compact else "ellipsis",
-                     min_width=name_width if h == "model" else None, width=fixed)
+        t.add_column(
+            h,
+            justify="left" if left else "right",
+            overflow="fold" if left or compact else "ellipsis",
+            min_width=name_width if h == "model" else None,
+            width=fixed,
+        )
     last = None
     for row, bad in zip(rows, errors):
         if last is not None and row[0] != last:

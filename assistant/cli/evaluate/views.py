@@ -12,7 +12,14 @@ from assistant.evaluation.run import ProblemRecord, Summary
 def progress_bar(total: int) -> Iterator:
     """Yields an ``on_problem`` callback that advances a rich progress bar on stderr."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     passed = [0, 0]
     with Progress(
@@ -41,7 +48,11 @@ def print_summary(summary: Summary, model_name: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=escape(f"{model_name}: {summary.problems} problems, n={summary.n}, {summary.config['prompt_style']} prompts"))
+    t = Table(
+        title=escape(
+            f"{model_name}: {summary.problems} problems, n={summary.n}, {summary.config['prompt_style']} prompts"
+        )
+    )
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k, v in summary.pass_at_k.items():

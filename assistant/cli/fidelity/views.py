@@ -49,38 +49,84 @@ def agreement_rows(report: FidelityReport) -> list[list[str]]:
     ex = report.executes
     rows = []
     o = report.original
-    rows.append([
-        "original", str(o.n), "—", _agree(o, ex, "original"), "—", "—", "—",
-        pct(o.teacher.pass_original), pct(o.student.pass_original), "—", "—",
-    ])
+    rows.append(
+        [
+            "original",
+            str(o.n),
+            "—",
+            _agree(o, ex, "original"),
+            "—",
+            "—",
+            "—",
+            pct(o.teacher.pass_original),
+            pct(o.student.pass_original),
+            "—",
+            "—",
+        ]
+    )
     for s in [*report.relations, report.overall]:
-        rows.append([
-            s.relation, str(s.n), _skips(s), _agree(s, ex, "original"), _agree(s, ex, "transformed"),
-            _keeps(s.teacher, ex), _keeps(s.student, ex),
-            arrow(pct(s.teacher.pass_original), pct(s.teacher.pass_transformed)),
-            arrow(pct(s.student.pass_original), pct(s.student.pass_transformed)),
-            ratio(s.drop_ratio), ratio(s.flip_ratio),
-        ])
+        rows.append(
+            [
+                s.relation,
+                str(s.n),
+                _skips(s),
+                _agree(s, ex, "original"),
+                _agree(s, ex, "transformed"),
+                _keeps(s.teacher, ex),
+                _keeps(s.student, ex),
+                arrow(pct(s.teacher.pass_original), pct(s.teacher.pass_transformed)),
+                arrow(pct(s.student.pass_original), pct(s.student.pass_transformed)),
+                ratio(s.drop_ratio),
+                ratio(s.flip_ratio),
+            ]
+        )
     return rows
 
 
-AGREEMENT_COLUMNS = ["relation", "n", "skipped", "S=T orig", "S=T trans", "T keeps", "S keeps", "pass T", "pass S", "drop S/T", "flips S/T"]
+AGREEMENT_COLUMNS = [
+    "relation",
+    "n",
+    "skipped",
+    "S=T orig",
+    "S=T trans",
+    "T keeps",
+    "S keeps",
+    "pass T",
+    "pass S",
+    "drop S/T",
+    "flips S/T",
+]
 DIST_COLUMNS = ["relation", "n", "positions", "JSD (bits)", "top-1 agree", "high-conf kept", "calib. gap"]
 
 
 def distribution_rows(report: FidelityReport) -> list[list[str]]:
     rows = []
     o = report.original.dist_original
-    rows.append(["original", str(report.original.n), str(o.positions if o else 0), num(o.jsd if o else None),
-                 pct(o.top1 if o else None), pct(o.hcp if o else None), num(o.cae if o else None, 3)])
+    rows.append(
+        [
+            "original",
+            str(report.original.n),
+            str(o.positions if o else 0),
+            num(o.jsd if o else None),
+            pct(o.top1 if o else None),
+            pct(o.hcp if o else None),
+            num(o.cae if o else None, 3),
+        ]
+    )
     for s in [*report.relations, report.overall]:
         a, b = s.dist_original, s.dist_transformed
-        get = lambda d, k: getattr(d, k) if d else None  # noqa: E731
-        rows.append([
-            s.relation, str(s.n), str(b.positions if b else 0),
-            arrow(num(get(a, "jsd")), num(get(b, "jsd"))), arrow(pct(get(a, "top1")), pct(get(b, "top1"))),
-            arrow(pct(get(a, "hcp")), pct(get(b, "hcp"))), arrow(num(get(a, "cae"), 3), num(get(b, "cae"), 3)),
-        ])
+        get = lambda d, k: getattr(d, k) if d else None
+        rows.append(
+            [
+                s.relation,
+                str(s.n),
+                str(b.positions if b else 0),
+                arrow(num(get(a, "jsd")), num(get(b, "jsd"))),
+                arrow(pct(get(a, "top1")), pct(get(b, "top1"))),
+                arrow(pct(get(a, "hcp")), pct(get(b, "hcp"))),
+                arrow(num(get(a, "cae"), 3), num(get(b, "cae"), 3)),
+            ]
+        )
     return rows
 
 
@@ -108,20 +154,28 @@ def print_report(report: FidelityReport) -> None:
     console = Console()
     t, s = report.teacher["name"], report.student["name"]
     kind = "exact / execution" if report.executes else "exact"
-    a = Table(title=escape(f"fidelity of {s} (S) to {t} (T): {report.task}, {report.items} items, {report.prompt_style} prompts"),
-              caption=f"agreement and 'keeps' ({kind}) are shares of items; pass X → Y: original → transformed; "
-                      "ratios: student's drop (or flip rate) over the teacher's")
+    a = Table(
+        title=escape(
+            f"fidelity of {s} (S) to {t} (T): {report.task}, {report.items} items, {report.prompt_style} prompts"
+        ),
+        caption=f"agreement and 'keeps' ({kind}) are shares of items; pass X → Y: original → transformed; "
+        "ratios: student's drop (or flip rate) over the teacher's",
+    )
     for c in AGREEMENT_COLUMNS:
         a.add_column(c, justify="left" if c in ("relation", "skipped") else "right")
     for r in agreement_rows(report):
         a.add_row(*map(escape, r))
     console.print(a)
     if not report.vocab.shared:
-        console.print(escape(f"distribution metrics skipped: {report.vocab.detail} (teacher {t}, student {s})"), style="yellow")
+        console.print(
+            escape(f"distribution metrics skipped: {report.vocab.detail} (teacher {t}, student {s})"), style="yellow"
+        )
         return
-    d = Table(title="next-token distributions along the teacher's greedy output (original → transformed)",
-              caption=f"JSD in bits (0 = identical); high-conf kept: teacher p ≥ {report.config['confidence']} and the "
-                      "student keeps that token as sure; calib. gap: mean |p_T − p_S| of the teacher's token by confidence bin")
+    d = Table(
+        title="next-token distributions along the teacher's greedy output (original → transformed)",
+        caption=f"JSD in bits (0 = identical); high-conf kept: teacher p ≥ {report.config['confidence']} and the "
+        "student keeps that token as sure; calib. gap: mean |p_T − p_S| of the teacher's token by confidence bin",
+    )
     for c in DIST_COLUMNS:
         d.add_column(c, justify="left" if c == "relation" else "right")
     for r in distribution_rows(report):
@@ -133,10 +187,24 @@ def print_report(report: FidelityReport) -> None:
 def progress() -> Iterator:
     """Yields (set_total, on_variant) callbacks driving a rich progress bar on stderr."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    with Progress(TextColumn("[bold]fidelity"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True)) as bar:
+    with Progress(
+        TextColumn("[bold]fidelity"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    ) as bar:
         task = bar.add_task("fidelity", total=None, status="preparing variants")
 
         def set_total(n: int) -> None:
@@ -168,7 +236,7 @@ def plot_png(report: FidelityReport) -> bytes:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), constrained_layout=True)
     ax = axes[0]
     w = 0.27
-    keep = lambda side: (side.keeps_exec if report.executes else side.keeps_exact) or 0.0  # noqa: E731
+    keep = lambda side: (side.keeps_exec if report.executes else side.keeps_exact) or 0.0
     ax.bar([i - w for i in x], [keep(r.teacher) for r in rels], w, label="teacher keeps its output")
     ax.bar(x, [keep(r.student) for r in rels], w, label="student keeps its output")
     agree = [(r.agree_exec_transformed if report.executes else r.agree_exact_transformed) or 0.0 for r in rels]

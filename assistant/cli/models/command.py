@@ -42,7 +42,11 @@ def models_verify(
         raise typer.Exit(1)
 
 
-def models_path(name: str = typer.Argument(..., help="Lock name."), lock: Optional[Path] = LockOpt, offline: bool = typer.Option(True, "--offline/--online", help="Download if missing (--online).")) -> None:
+def models_path(
+    name: str = typer.Argument(..., help="Lock name."),
+    lock: Optional[Path] = LockOpt,
+    offline: bool = typer.Option(True, "--offline/--online", help="Download if missing (--online)."),
+) -> None:
     """Print the verified local path of NAME (for scripts)."""
     from assistant.codegen.generate import load_model
 
@@ -51,7 +55,9 @@ def models_path(name: str = typer.Argument(..., help="Lock name."), lock: Option
 
 def models_pull(
     name: str = typer.Argument(..., help="Lock name."),
-    pin: bool = typer.Option(False, "--pin", help="Record the revision, size and sha256 of an unpinned entry in the lock."),
+    pin: bool = typer.Option(
+        False, "--pin", help="Record the revision, size and sha256 of an unpinned entry in the lock."
+    ),
     offline: bool = OfflineOpt,
     json_out: bool = JsonOpt,
     lock: Optional[Path] = LockOpt,

@@ -77,7 +77,10 @@ def print_list(rows: list[dict]) -> None:
     for r in rows:
         state = "[yellow]unpinned[/]" if not r["pinned"] else ("[green]present[/]" if r["present"] else "missing")
         table.add_row(
-            escape(r["name"]) + (" *" if r["default"] else "") + (" T" if r.get("teacher") else "") + (" +" if r.get("best") else ""),
+            escape(r["name"])
+            + (" *" if r["default"] else "")
+            + (" T" if r.get("teacher") else "")
+            + (" +" if r.get("best") else ""),
             r["quantization"],
             _human_params(r["parameters"]),
             _human_size(r["size"]),
@@ -85,8 +88,10 @@ def print_list(rows: list[dict]) -> None:
             state,
         )
     Console().print(table)
-    Console().print("* default model, T default teacher, + best quality; `--json` adds context, prompt recipe, "
-                    "capabilities, license, sources, sha256")
+    Console().print(
+        "* default model, T default teacher, + best quality; `--json` adds context, prompt recipe, "
+        "capabilities, license, sources, sha256"
+    )
 
 
 def verify_rows(lock_path: Path | None, name: str | None, *, rehash: bool = False) -> list[dict]:
@@ -112,9 +117,8 @@ def verify_rows(lock_path: Path | None, name: str | None, *, rehash: bool = Fals
 def print_verify(rows: list[dict]) -> None:
     from rich import box
     from rich.console import Console
-    from rich.table import Table
-
     from rich.markup import escape
+    from rich.table import Table
 
     colors = {"ok": "green", "missing": "dim", "unpinned": "yellow"}
     table = Table(title="verify", box=box.SIMPLE_HEAD)
@@ -132,5 +136,11 @@ def pull_row(lock_path: Path | None, name: str, *, pin: bool, offline: bool) -> 
     lock = load_lock(lock_path)
     entry = lock.get(name)
     v, lock = pull(entry, lock, HashCache(), offline=offline_mode(offline), pin=pin)
-    return {"name": name, "status": v.status.value, "path": str(v.path), "sha256": v.sha256, "size": entry.size,
-            "sources": [s.describe() for s in entry.sources]}
+    return {
+        "name": name,
+        "status": v.status.value,
+        "path": str(v.path),
+        "sha256": v.sha256,
+        "size": entry.size,
+        "sources": [s.describe() for s in entry.sources],
+    }

@@ -35,8 +35,6 @@ def _body_start(fn: ast.AST) -> tuple[int, ast.stmt | None]:
     return (1 if doc is not None else 0), doc
 
 
-
-
 def _indent_unit(source: str) -> str:
     for tok in source_tokens(source):
         if tok.type == tokenize.INDENT:
@@ -95,9 +93,12 @@ def _strip_inserted(tree: ast.Module) -> None:
 
     def is_dead(stmt: ast.stmt) -> bool:
         names = {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name)}
-        return bool(names) and all(re.fullmatch(r"_unused\d+", n) for n in names) or (
-            isinstance(stmt, ast.While) and isinstance(stmt.test, ast.Constant) and stmt.test.value is False
-            and len(stmt.body) == 1 and isinstance(stmt.body[0], ast.Pass)
+        return (bool(names) and all(re.fullmatch(r"_unused\d+", n) for n in names)) or (
+            isinstance(stmt, ast.While)
+            and isinstance(stmt.test, ast.Constant)
+            and stmt.test.value is False
+            and len(stmt.body) == 1
+            and isinstance(stmt.body[0], ast.Pass)
         )
 
     for node in ast.walk(tree):

@@ -21,16 +21,49 @@ from assistant.fidelity.relations.source import (
 
 #: Prose rewordings, applied as one simultaneous substitution (so A->B->A cannot chain).
 REWORDINGS: dict[str, str] = {
-    "Return": "Produce", "return": "produce", "Returns": "Produces", "returns": "produces", "Given": "Provided",
-    "given": "provided", "Check if": "Determine whether", "check if": "determine whether", "Check whether": "Determine whether",
-    "check whether": "determine whether", "Write a function": "Implement a function", "write a function": "implement a function",
-    "Find": "Determine", "find": "determine", "Calculate": "Compute", "calculate": "compute", "Compute": "Calculate",
-    "compute": "calculate", "each": "every", "For example": "For instance", "for example": "for instance",
-    "largest": "biggest", "smallest": "tiniest", "contains": "includes", "consists of": "is made up of",
-    "You are given": "You receive", "you are given": "you receive", "should": "must", "whether": "if", "Create": "Make",
-    "create": "make", "Implement": "Write", "implement": "write", "the function": "the routine", "The function": "The routine",
-    "Example": "Illustration", "Examples": "Illustrations", "input": "argument", "Input": "Argument",
-    "returned": "produced", "such that": "so that", "otherwise": "else", "Otherwise": "Else",
+    "Return": "Produce",
+    "return": "produce",
+    "Returns": "Produces",
+    "returns": "produces",
+    "Given": "Provided",
+    "given": "provided",
+    "Check if": "Determine whether",
+    "check if": "determine whether",
+    "Check whether": "Determine whether",
+    "check whether": "determine whether",
+    "Write a function": "Implement a function",
+    "write a function": "implement a function",
+    "Find": "Determine",
+    "find": "determine",
+    "Calculate": "Compute",
+    "calculate": "compute",
+    "Compute": "Calculate",
+    "compute": "calculate",
+    "each": "every",
+    "For example": "For instance",
+    "for example": "for instance",
+    "largest": "biggest",
+    "smallest": "tiniest",
+    "contains": "includes",
+    "consists of": "is made up of",
+    "You are given": "You receive",
+    "you are given": "you receive",
+    "should": "must",
+    "whether": "if",
+    "Create": "Make",
+    "create": "make",
+    "Implement": "Write",
+    "implement": "write",
+    "the function": "the routine",
+    "The function": "The routine",
+    "Example": "Illustration",
+    "Examples": "Illustrations",
+    "input": "argument",
+    "Input": "Argument",
+    "returned": "produced",
+    "such that": "so that",
+    "otherwise": "else",
+    "Otherwise": "Else",
 }
 _REWORD_RE = re.compile(r"\b(" + "|".join(re.escape(k) for k in sorted(REWORDINGS, key=len, reverse=True)) + r")\b")
 _DOCTEST_PROMPT = re.compile(r"^\s*(>>>|\.\.\.)")
@@ -117,8 +150,11 @@ def remove_docstrings(source: str, rng: random.Random, keep: frozenset = frozens
     """Delete every docstring (a body left empty gets ``pass``). Removes a task's specification."""
     tree = parse_source(source)
     text = SourceText(source)
-    owners = {id(n.body[0]): n for n in ast.walk(tree)
-              if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.body}
+    owners = {
+        id(n.body[0]): n
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.body
+    }
     sites = 0
     for doc in docstring_nodes(tree):
         if not text.owns_lines(doc):

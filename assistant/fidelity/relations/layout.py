@@ -44,7 +44,11 @@ def _line_kinds(source: str) -> tuple[dict[int, tuple[str, int]], str]:
             kinds.setdefault(logical_first, ("start", depth))
             at_start = False
         for row in range(tok.start[0] + 1, tok.end[0] + 1):
-            kinds[row] = ("string", 0) if tok.type == tokenize.STRING or tok.type == getattr(tokenize, "FSTRING_MIDDLE", -1) else ("cont", logical_first)
+            kinds[row] = (
+                ("string", 0)
+                if tok.type == tokenize.STRING or tok.type == getattr(tokenize, "FSTRING_MIDDLE", -1)
+                else ("cont", logical_first)
+            )
         if tok.start[0] not in kinds:
             kinds[tok.start[0]] = ("cont", logical_first)
         if tok.type == tokenize.NEWLINE:
@@ -54,7 +58,7 @@ def _line_kinds(source: str) -> tuple[dict[int, tuple[str, int]], str]:
 
 def formatting(source: str, rng: random.Random, keep: frozenset = frozenset()) -> Transformed:
     """Re-indent with another indent width and drop the space after commas: layout only."""
-    if "\t" in "".join(l[: len(l) - len(l.lstrip())] for l in source.split("\n")):
+    if "\t" in "".join(line[: len(line) - len(line.lstrip())] for line in source.split("\n")):
         raise NotApplicable("tab indentation")
     kinds, unit = _line_kinds(source)
     old = len(unit) or 4
@@ -85,7 +89,12 @@ def formatting(source: str, rng: random.Random, keep: frozenset = frozenset()) -
             sites += 1
     tokens = source_tokens(source)
     for tok, nxt in zip(tokens, tokens[1:]):
-        if tok.type == tokenize.OP and tok.string == "," and nxt.start[0] == tok.end[0] and nxt.start[1] == tok.end[1] + 1:
+        if (
+            tok.type == tokenize.OP
+            and tok.string == ","
+            and nxt.start[0] == tok.end[0]
+            and nxt.start[1] == tok.end[1] + 1
+        ):
             if nxt.type in (tokenize.NEWLINE, tokenize.NL, tokenize.COMMENT) or nxt.string in ")]}":
                 continue
             if text.lines[tok.end[0] - 1][tok.end[1]] == " ":

@@ -17,23 +17,53 @@ from assistant.fidelity.relations.renaming import rename_neutral, rename_synonym
 from assistant.fidelity.relations.rewrites import loop_comprehension, reorder_statements, swap_if_else
 from assistant.fidelity.relations.source import NotApplicable, Relation, Transformed
 
-__all__ = ["RELATIONS", "NotApplicable", "Relation", "Transformed", "apply_relation", "default_relations",
-           "parse_relations"]
+__all__ = [
+    "RELATIONS",
+    "NotApplicable",
+    "Relation",
+    "Transformed",
+    "apply_relation",
+    "default_relations",
+    "parse_relations",
+]
 
 
 RELATIONS: dict[str, Relation] = {
     r.name: r
     for r in (
-        Relation("rename_synonyms", "identifiers", "parameters, locals and functions renamed to synonyms (callers updated)", rename_synonyms),
-        Relation("rename_neutral", "identifiers", "parameters, locals and functions renamed to arg0/var0/func0", rename_neutral),
+        Relation(
+            "rename_synonyms",
+            "identifiers",
+            "parameters, locals and functions renamed to synonyms (callers updated)",
+            rename_synonyms,
+        ),
+        Relation(
+            "rename_neutral",
+            "identifiers",
+            "parameters, locals and functions renamed to arg0/var0/func0",
+            rename_neutral,
+        ),
         Relation("dead_code", "dead code", "a never-executed statement at the top of every function body", dead_code),
-        Relation("reword_docs", "documentation", "docstring and comment prose reworded (doctest examples kept)", reword_docs),
+        Relation(
+            "reword_docs", "documentation", "docstring and comment prose reworded (doctest examples kept)", reword_docs
+        ),
         Relation("remove_comments", "documentation", "comments deleted", remove_comments),
-        Relation("remove_docstrings", "documentation", "docstrings deleted (removes a task's specification)", remove_docstrings, default=False),
+        Relation(
+            "remove_docstrings",
+            "documentation",
+            "docstrings deleted (removes a task's specification)",
+            remove_docstrings,
+            default=False,
+        ),
         Relation("formatting", "layout", "another indent width, no space after commas", formatting),
         Relation("loop_comprehension", "rewrite", "append-loops <-> list comprehensions", loop_comprehension),
         Relation("swap_if_else", "rewrite", "if/else branches swapped under the negated condition", swap_if_else),
-        Relation("reorder_statements", "rewrite", "independent assignments and keyword arguments reordered", reorder_statements),
+        Relation(
+            "reorder_statements",
+            "rewrite",
+            "independent assignments and keyword arguments reordered",
+            reorder_statements,
+        ),
     )
 }
 

@@ -49,23 +49,34 @@ def _replace_stmts(text: SourceText, first: ast.stmt, last: ast.stmt, code: str)
     indent = text.indent_of(first.lineno)
     start = text.starts[first.lineno - 1]
     end = text.offset(last.end_lineno, last.end_col_offset)
-    body = "\n".join((indent + l) if l.strip() else l for l in code.split("\n"))
+    body = "\n".join((indent + line) if line.strip() else line for line in code.split("\n"))
     text.replace(start, end, body)
 
 
 def _append_target(stmt: ast.stmt) -> tuple[str, ast.expr] | None:
     """``X.append(E)`` -> (X, E)."""
-    if (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call) and isinstance(stmt.value.func, ast.Attribute)
-            and stmt.value.func.attr == "append" and isinstance(stmt.value.func.value, ast.Name)
-            and len(stmt.value.args) == 1 and not stmt.value.keywords):
+    if (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Call)
+        and isinstance(stmt.value.func, ast.Attribute)
+        and stmt.value.func.attr == "append"
+        and isinstance(stmt.value.func.value, ast.Name)
+        and len(stmt.value.args) == 1
+        and not stmt.value.keywords
+    ):
         return stmt.value.func.value.id, stmt.value.args[0]
     return None
 
 
 def _loop_to_comprehension(init: ast.stmt, loop: ast.stmt, fn: ast.AST) -> str | None:
     """``X = []`` + ``for T in I: [if C:] X.append(E)`` -> ``X = [E for T in I if C]``."""
-    if not (isinstance(init, ast.Assign) and len(init.targets) == 1 and isinstance(init.targets[0], ast.Name)
-            and isinstance(init.value, ast.List) and not init.value.elts):
+    if not (
+        isinstance(init, ast.Assign)
+        and len(init.targets) == 1
+        and isinstance(init.targets[0], ast.Name)
+        and isinstance(init.value, ast.List)
+        and not init.value.elts
+    ):
         return None
     if not isinstance(loop, ast.For) or loop.orelse or len(loop.body) != 1 or getattr(loop, "type_comment", None):
         return None
@@ -78,14 +89,23 @@ def _loop_to_comprehension(init: ast.stmt, loop: ast.stmt, fn: ast.AST) -> str |
         return None
     elt = appended[1]
     targets = _names(loop.target)
-    if acc in targets | _names(loop.iter) | _names(elt) | _names(cond) or _bad_expr(loop) or not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+    if (
+        acc in targets | _names(loop.iter) | _names(elt) | _names(cond)
+        or _bad_expr(loop)
+        or not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ):
         return None
-    if not all(isinstance(n, (ast.Name, ast.Tuple)) for n in ast.walk(loop.target) if not isinstance(n, ast.expr_context)):
+    if not all(
+        isinstance(n, (ast.Name, ast.Tuple)) for n in ast.walk(loop.target) if not isinstance(n, ast.expr_context)
+    ):
         return None
     uses = _scope_names(fn)
     if any(uses.count(t) != sum(1 for n in ast.walk(loop) if isinstance(n, ast.Name) and n.id == t) for t in targets):
         return None  # the loop variable is used outside the loop: a comprehension would not leak it
-    comp = ast.ListComp(elt=elt, generators=[ast.comprehension(target=loop.target, iter=loop.iter, ifs=[cond] if cond else [], is_async=0)])
+    comp = ast.ListComp(
+        elt=elt,
+        generators=[ast.comprehension(target=loop.target, iter=loop.iter, ifs=[cond] if cond else [], is_async=0)],
+    )
     return ast.unparse(ast.Assign(targets=[ast.Name(acc, ast.Store())], value=comp, lineno=0))
 
 
@@ -97,7 +117,11 @@ def _comprehension_to_loop(stmt: ast.stmt, fn: ast.AST, fresh: Callable[[], str]
         comp, acc, ret = stmt.value, None, True
     else:
         return None
-    if not isinstance(comp, ast.ListComp) or _bad_expr(comp) or not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+    if (
+        not isinstance(comp, ast.ListComp)
+        or _bad_expr(comp)
+        or not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+    ):
         return None
     if any(g.is_async for g in comp.generators):
         return None
@@ -176,13 +200,20 @@ def loop_comprehension(source: str, rng: random.Random, keep: frozenset = frozen
     result = text.result()
     new_tree = checked(source, result)
     for block, i, count, new in reversed(changes):  # later indices first within a block
-        block[i:i + count] = new
+        block[i : i + count] = new
     if dump_tree(new_tree) != dump_tree(tree):
         raise NotApplicable("the rewrite landed elsewhere than planned")
     return Transformed(result, {}, sites)
 
 
-_NEGATED = {ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+_NEGATED = {
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+}
 
 
 def negate(test: ast.expr) -> ast.expr:
@@ -204,8 +235,14 @@ def swap_if_else(source: str, rng: random.Random, keep: frozenset = frozenset())
     sites = 0
     done: list[tuple[int, int]] = []
     in_fstring = {id(n) for j in ast.walk(tree) if isinstance(j, ast.JoinedStr) for n in ast.walk(j)}
-    elifs = {id(n.orelse[0]) for n in ast.walk(tree) if isinstance(n, ast.If) and len(n.orelse) == 1
-             and isinstance(n.orelse[0], ast.If) and text.lines[n.orelse[0].lineno - 1].lstrip().startswith("elif")}
+    elifs = {
+        id(n.orelse[0])
+        for n in ast.walk(tree)
+        if isinstance(n, ast.If)
+        and len(n.orelse) == 1
+        and isinstance(n.orelse[0], ast.If)
+        and text.lines[n.orelse[0].lineno - 1].lstrip().startswith("elif")
+    }
     for node in list(ast.walk(tree)):  # outer first; nothing inside a swapped span is touched again
         if id(node) in in_fstring or not isinstance(node, (ast.If, ast.IfExp)):
             continue  # positions inside f-strings are not reliable before Python 3.12
@@ -232,18 +269,56 @@ def swap_if_else(source: str, rng: random.Random, keep: frozenset = frozenset())
     return Transformed(result, {}, sites)
 
 
-_PURE_CALLS = {"len", "abs", "int", "float", "str", "bool", "min", "max", "sum", "sorted", "list", "tuple", "set", "dict",
-               "range", "round", "ord", "chr", "reversed", "enumerate", "zip", "any", "all", "frozenset"}
+_PURE_CALLS = {
+    "len",
+    "abs",
+    "int",
+    "float",
+    "str",
+    "bool",
+    "min",
+    "max",
+    "sum",
+    "sorted",
+    "list",
+    "tuple",
+    "set",
+    "dict",
+    "range",
+    "round",
+    "ord",
+    "chr",
+    "reversed",
+    "enumerate",
+    "zip",
+    "any",
+    "all",
+    "frozenset",
+}
 
 
 def _pure(node: ast.AST, shadowed: set[str]) -> bool:
     """No calls except to builtins that have no side effects, no yields, no walrus."""
     for n in ast.walk(node):
-        if isinstance(n, ast.Call):
-            if not (isinstance(n.func, ast.Name) and n.func.id in _PURE_CALLS and n.func.id not in shadowed):
-                return False
-        if isinstance(n, (ast.Yield, ast.YieldFrom, ast.Await, ast.NamedExpr, ast.Lambda, ast.ListComp, ast.SetComp,
-                          ast.DictComp, ast.GeneratorExp, ast.Starred)):
+        if isinstance(n, ast.Call) and not (
+            isinstance(n.func, ast.Name) and n.func.id in _PURE_CALLS and n.func.id not in shadowed
+        ):
+            return False
+        if isinstance(
+            n,
+            (
+                ast.Yield,
+                ast.YieldFrom,
+                ast.Await,
+                ast.NamedExpr,
+                ast.Lambda,
+                ast.ListComp,
+                ast.SetComp,
+                ast.DictComp,
+                ast.GeneratorExp,
+                ast.Starred,
+            ),
+        ):
             return False
     return True
 
@@ -255,7 +330,9 @@ def _reads_writes(stmt: ast.stmt, shadowed: set[str]) -> tuple[set[str], set[str
     elif isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
         value, writes = stmt.value, {stmt.target.id}
         reads = _names(value) | writes
-    elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None and stmt.simple:
+    elif (
+        isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None and stmt.simple
+    ):
         value, writes = stmt.value, {stmt.target.id}
         reads = _names(value) | _names(stmt.annotation)
     else:
@@ -272,7 +349,9 @@ def reorder_statements(source: str, rng: random.Random, keep: frozenset = frozen
     text = SourceText(source)
     shadowed = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
     shadowed |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-    shadowed |= {a.asname or a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    shadowed |= {
+        a.asname or a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names
+    }
     sites = 0
     swaps: list[tuple[list[ast.stmt], int]] = []
     for block in _blocks(tree):
@@ -292,7 +371,11 @@ def reorder_statements(source: str, rng: random.Random, keep: frozenset = frozen
                 continue
             i += 1
     kw_swaps: list[tuple[list[ast.keyword], int]] = []
-    moved = {row for start, end, _ in text.edits for row in range(text.source.count("\n", 0, start), text.source.count("\n", 0, end) + 2)}
+    moved = {
+        row
+        for start, end, _ in text.edits
+        for row in range(text.source.count("\n", 0, start), text.source.count("\n", 0, end) + 2)
+    }
     for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
         kws = call.keywords
         for k1, k2 in zip(kws, kws[1:]):

@@ -66,7 +66,7 @@ def _inner_parts(node: ast.AST) -> list[ast.AST]:
 @dataclass
 class _Scope:
     node: ast.AST
-    parent: "_Scope | None"
+    parent: _Scope | None
     bound: set[str] = field(default_factory=set)
     declared: set[str] = field(default_factory=set)  # global / nonlocal
     occurrences: list[tuple[str, ast.AST]] = field(default_factory=list)  # (identifier, node) in this scope
@@ -215,17 +215,25 @@ def _plan_renames(tree: ast.Module, keep: frozenset) -> RenamePlan:
                     names.setdefault(name, []).append(node)
                 else:
                     outside.add(name)
-        nested_defs = {n.name for n in ast.walk(unit) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n is not unit}
+        nested_defs = {
+            n.name
+            for n in ast.walk(unit)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n is not unit
+        }
         params = {p.arg for n in ast.walk(unit) if isinstance(n, _FUNCTIONS) for p in _params(n)}
         bad = b.unsafe | outside | blocked | RESERVED | {n for n in nested_defs if n not in params}
         for name in list(names):
             if name in bad or name.startswith("__"):
                 del names[name]
                 continue
-            for call, kw in keyword_uses.get(name, ()):
+            for call, _kw in keyword_uses.get(name, ()):
                 # f(name=...) only follows the rename when f is this module-level function
-                if not (isinstance(call.func, ast.Name) and call.func.id == getattr(unit, "name", None)
-                        and unit in module_functions.values() and name in {p.arg for p in _params(unit)}):
+                if not (
+                    isinstance(call.func, ast.Name)
+                    and call.func.id == getattr(unit, "name", None)
+                    and unit in module_functions.values()
+                    and name in {p.arg for p in _params(unit)}
+                ):
                     del names[name]
                     break
         per_unit.append((unit, names, params))
@@ -234,7 +242,9 @@ def _plan_renames(tree: ast.Module, keep: frozenset) -> RenamePlan:
             plan.add(name, nodes, "param" if name in params else "local")
             if isinstance(unit, (ast.FunctionDef, ast.AsyncFunctionDef)) and unit.name in module_functions:
                 plan.call_keywords.setdefault(name, []).extend(
-                    kw for call, kw in keyword_uses.get(name, ()) if isinstance(call.func, ast.Name) and call.func.id == unit.name
+                    kw
+                    for call, kw in keyword_uses.get(name, ())
+                    if isinstance(call.func, ast.Name) and call.func.id == unit.name
                 )
     _plan_function_names(tree, module_functions, blocked, plan)
     return plan
@@ -275,12 +285,22 @@ def _plan_function_names(tree: ast.Module, functions: dict[str, ast.AST], blocke
     if any(isinstance(n, ast.Name) and n.id == "__all__" for n in ast.walk(tree)):
         return
     counts = _binding_counts(tree)
-    in_fstrings = {n.id for j in ast.walk(tree) if isinstance(j, ast.JoinedStr) for n in ast.walk(j) if isinstance(n, ast.Name)}
+    in_fstrings = {
+        n.id for j in ast.walk(tree) if isinstance(j, ast.JoinedStr) for n in ast.walk(j) if isinstance(n, ast.Name)
+    }
     # a name also used as an attribute (obj.name(), module.name()) may be this function called another way
     attributes = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     for name, fn in functions.items():
-        if (name in blocked or name in RESERVED or name.startswith("__") or fn.decorator_list or counts.get(name) != 1
-                or name in in_fstrings or name in attributes or name in plan.occurrences):
+        if (
+            name in blocked
+            or name in RESERVED
+            or name.startswith("__")
+            or fn.decorator_list
+            or counts.get(name) != 1
+            or name in in_fstrings
+            or name in attributes
+            or name in plan.occurrences
+        ):
             continue
         uses = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == name]
         plan.add(name, [fn, *uses], "function")
@@ -292,7 +312,7 @@ def _rename_edits(text: SourceText, plan: RenamePlan, mapping: Mapping[str, str]
         for node in plan.occurrences[old]:
             if isinstance(node, (ast.Name, ast.arg)):
                 start = text.offset(node.lineno, node.col_offset)
-                if text.source[start:start + len(old)] != old:
+                if text.source[start : start + len(old)] != old:
                     raise NotApplicable(f"cannot locate {old!r} in the text")
                 text.replace(start, start + len(old), new)
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -302,7 +322,11 @@ def _rename_edits(text: SourceText, plan: RenamePlan, mapping: Mapping[str, str]
                     raise NotApplicable(f"cannot locate the definition of {old!r}")
                 text.replace(m.start(1), m.end(1), new)
             elif isinstance(node, ast.ExceptHandler):
-                start = text.offset(*(node.type.end_lineno, node.type.end_col_offset)) if node.type else text.offset(node.lineno, node.col_offset)
+                start = (
+                    text.offset(*(node.type.end_lineno, node.type.end_col_offset))
+                    if node.type
+                    else text.offset(node.lineno, node.col_offset)
+                )
                 m = re.compile(rf"\)?\s*as\s+({re.escape(old)})\b").match(text.source, start)
                 if not m:
                     raise NotApplicable(f"cannot locate except ... as {old}")
@@ -317,7 +341,7 @@ def _rename_edits(text: SourceText, plan: RenamePlan, mapping: Mapping[str, str]
                 raise NotApplicable(f"unexpected occurrence {type(node).__name__}")
         for kw in plan.call_keywords.get(old, ()):
             start = text.offset(kw.lineno, kw.col_offset)
-            if text.source[start:start + len(old)] != old:
+            if text.source[start : start + len(old)] != old:
                 raise NotApplicable(f"cannot locate keyword {old!r}")
             text.replace(start, start + len(old), new)
 

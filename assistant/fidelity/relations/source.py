@@ -89,7 +89,7 @@ class SourceText:
         """True when the statement alone fills its lines (no ``;`` neighbours, no code after it)."""
         first, last = self.lines[node.lineno - 1], self.lines[node.end_lineno - 1]
         before = first.encode("utf-8")[: node.col_offset].decode("utf-8", errors="replace")
-        after = last.encode("utf-8")[node.end_col_offset:].decode("utf-8", errors="replace")
+        after = last.encode("utf-8")[node.end_col_offset :].decode("utf-8", errors="replace")
         return not before.strip() and (not after.strip() or after.strip().startswith("#"))
 
 
@@ -117,7 +117,11 @@ def docstring_nodes(tree: ast.AST) -> list[ast.Expr]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
             first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
                 out.append(first)
     return out
 

@@ -38,19 +38,33 @@ def _sampling(state: ServerState, model: ModelHandle, body: Body, default_max: i
     body.number("presence_penalty", 0.0, lo=-2, hi=2)  # accepted for compatibility; not applied
     body.number("frequency_penalty", 0.0, lo=-2, hi=2)
     return sampling_for(
-        max_tokens=max_tokens, default_max=default_max or state.cap(model), cap=state.cap(model),
-        temperature=body.number("temperature", None, lo=0, hi=2), top_p=body.number("top_p", None, lo=0, hi=1),
-        top_k=body.integer("top_k", None, lo=0), seed=body.integer("seed", None),
-        stop=body.stops("stop"), repeat_penalty=body.number("repeat_penalty", None, lo=0),
+        max_tokens=max_tokens,
+        default_max=default_max or state.cap(model),
+        cap=state.cap(model),
+        temperature=body.number("temperature", None, lo=0, hi=2),
+        top_p=body.number("top_p", None, lo=0, hi=1),
+        top_k=body.integer("top_k", None, lo=0),
+        seed=body.integer("seed", None),
+        stop=body.stops("stop"),
+        repeat_penalty=body.number("repeat_penalty", None, lo=0),
         model_stop=model.resolved.stop,
     )
 
 
 def routes(state: ServerState) -> list[Route]:
     def model_card(m: ModelHandle) -> dict[str, Any]:
-        return {"id": m.name, "object": "model", "created": int(state.started), "owned_by": "local",
-                "meta": {"fim": m.fim is not None, "n_ctx": m.engine.n_ctx, "sha256": m.resolved.sha256,
-                         "quantization": m.resolved.gguf.quantization}}
+        return {
+            "id": m.name,
+            "object": "model",
+            "created": int(state.started),
+            "owned_by": "local",
+            "meta": {
+                "fim": m.fim is not None,
+                "n_ctx": m.engine.n_ctx,
+                "sha256": m.resolved.sha256,
+                "quantization": m.resolved.gguf.quantization,
+            },
+        }
 
     @endpoint
     async def models(request: Request) -> Response:
@@ -72,17 +86,34 @@ def routes(state: ServerState) -> list[Route]:
         prompt = chat_prompt(model.engine, messages)
         check_fits(model, prompt)
         state.log_prompt("/v1/chat/completions", prompt)
-        ticket = state.sched.submit(model, text_work(prompt, sampling, n), client=state.client_key(request),
-                                    prompt_key=prompt)
+        ticket = state.sched.submit(
+            model, text_work(prompt, sampling, n), client=state.client_key(request), prompt_key=prompt
+        )
         cid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
         if streaming:
             return stream(ticket, _chat_chunks(ticket, cid, created, model.name, n, include_usage), "text/event-stream")
         result = await wait_result(request, ticket)
-        choices = [{"index": i, "message": {"role": "assistant", "content": g.text}, "logprobs": None,
-                    "finish_reason": g.finish_reason} for i, g in enumerate(result.generations)]
-        return JSONResponse({"id": cid, "object": "chat.completion", "created": created, "model": model.name,
-                             "choices": choices, "usage": _usage(result), "system_fingerprint": _fingerprint(model),
-                             "seed": result.generations[0].seed})
+        choices = [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": g.text},
+                "logprobs": None,
+                "finish_reason": g.finish_reason,
+            }
+            for i, g in enumerate(result.generations)
+        ]
+        return JSONResponse(
+            {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model.name,
+                "choices": choices,
+                "usage": _usage(result),
+                "system_fingerprint": _fingerprint(model),
+                "seed": result.generations[0].seed,
+            }
+        )
 
     @endpoint
     async def completions(request: Request) -> Response:
@@ -104,8 +135,12 @@ def routes(state: ServerState) -> list[Route]:
         state.log_prompt("/v1/completions", raw_prompt + (f" [suffix] {suffix}" if suffix is not None else ""))
         if suffix is not None:
             if model.fim is None:
-                raise ApiError(400, f"{model.name} has no fill-in-the-middle tokens, so 'suffix' cannot be used; "
-                                    "serve a FIM-capable code model such as qwen2.5-coder-0.5b-instruct", param="suffix")
+                raise ApiError(
+                    400,
+                    f"{model.name} has no fill-in-the-middle tokens, so 'suffix' cannot be used; "
+                    "serve a FIM-capable code model such as qwen2.5-coder-0.5b-instruct",
+                    param="suffix",
+                )
             if n != 1:
                 raise ApiError(400, "'n' must be 1 with 'suffix'", param="n")
             from assistant.runtime.fim import InfillRequest
@@ -119,19 +154,30 @@ def routes(state: ServerState) -> list[Route]:
             ticket = state.sched.submit(model, text_work(raw_prompt, sampling, n), client=client, prompt_key=raw_prompt)
         cid, created = "cmpl-" + secrets.token_hex(12), int(time.time())
         if streaming:
-            return stream(ticket, _completion_chunks(ticket, cid, created, model.name, n, include_usage),
-                          "text/event-stream")
+            return stream(
+                ticket, _completion_chunks(ticket, cid, created, model.name, n, include_usage), "text/event-stream"
+            )
         try:
             result = await wait_result(request, ticket)
         except Cancelled as e:
             if e.reason != "superseded":
                 raise
             result = WorkResult([])
-        choices = [{"index": i, "text": g.text, "logprobs": None, "finish_reason": g.finish_reason}
-                   for i, g in enumerate(result.generations)] or [
-            {"index": 0, "text": "", "logprobs": None, "finish_reason": "cancelled"}]
-        return JSONResponse({"id": cid, "object": "text_completion", "created": created, "model": model.name,
-                             "choices": choices, "usage": _usage(result), "system_fingerprint": _fingerprint(model)})
+        choices = [
+            {"index": i, "text": g.text, "logprobs": None, "finish_reason": g.finish_reason}
+            for i, g in enumerate(result.generations)
+        ] or [{"index": 0, "text": "", "logprobs": None, "finish_reason": "cancelled"}]
+        return JSONResponse(
+            {
+                "id": cid,
+                "object": "text_completion",
+                "created": created,
+                "model": model.name,
+                "choices": choices,
+                "usage": _usage(result),
+                "system_fingerprint": _fingerprint(model),
+            }
+        )
 
     return [
         Route("/v1/models", models, methods=["GET"]),
@@ -158,8 +204,9 @@ async def _final(ticket: Ticket) -> tuple[WorkResult | None, str | None]:
 async def _chat_chunks(ticket: Ticket, cid: str, created: int, model: str, n: int, usage: bool) -> AsyncIterator[bytes]:
     head = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
     for i in range(n):
-        yield sse({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                        "finish_reason": None}]})
+        yield sse(
+            {**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+        )
     async for i, text in ticket.stream():
         yield sse({**head, "choices": [{"index": i, "delta": {"content": text}, "finish_reason": None}]})
     result, problem = await _final(ticket)
@@ -173,8 +220,9 @@ async def _chat_chunks(ticket: Ticket, cid: str, created: int, model: str, n: in
     yield b"data: [DONE]\n\n"
 
 
-async def _completion_chunks(ticket: Ticket, cid: str, created: int, model: str, n: int,
-                             usage: bool) -> AsyncIterator[bytes]:
+async def _completion_chunks(
+    ticket: Ticket, cid: str, created: int, model: str, n: int, usage: bool
+) -> AsyncIterator[bytes]:
     head = {"id": cid, "object": "text_completion", "created": created, "model": model}
     async for i, text in ticket.stream():
         yield sse({**head, "choices": [{"index": i, "text": text, "logprobs": None, "finish_reason": None}]})
@@ -183,7 +231,9 @@ async def _completion_chunks(ticket: Ticket, cid: str, created: int, model: str,
         yield sse({"error": {"message": f"generation ended: {problem}", "type": "server_error"}})
     else:
         for i, g in enumerate(result.generations):
-            yield sse({**head, "choices": [{"index": i, "text": "", "logprobs": None, "finish_reason": g.finish_reason}]})
+            yield sse(
+                {**head, "choices": [{"index": i, "text": "", "logprobs": None, "finish_reason": g.finish_reason}]}
+            )
         if usage:
             yield sse({**head, "choices": [], "usage": _usage(result)})
     yield b"data: [DONE]\n\n"

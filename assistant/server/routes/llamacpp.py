@@ -28,8 +28,11 @@ def _extra(body: Body) -> tuple[Any, ...]:
         raise ApiError(400, f"'input_extra' has {len(items)} files; at most {MAX_EXTRA_FILES}")
     out = []
     for i, chunk in enumerate(items):
-        if not isinstance(chunk, dict) or not isinstance(chunk.get("text", ""), str) \
-                or not isinstance(chunk.get("filename", ""), str):
+        if (
+            not isinstance(chunk, dict)
+            or not isinstance(chunk.get("text", ""), str)
+            or not isinstance(chunk.get("filename", ""), str)
+        ):
             raise ApiError(400, f"'input_extra[{i}]' must be an object with string 'text' and 'filename'")
         out.append(ExtraFile(chunk.get("filename") or "tmp", chunk.get("text", "")))
     return tuple(out)
@@ -41,10 +44,14 @@ def _timings(result: WorkResult) -> dict[str, Any]:
     t = result.generations[0].timings
     pred_ms = t.decode_s * 1000
     return {
-        "prompt_n": t.prompt_tokens - result.cached_tokens, "prompt_ms": t.ttft_s * 1000,
+        "prompt_n": t.prompt_tokens - result.cached_tokens,
+        "prompt_ms": t.ttft_s * 1000,
         "prompt_per_token_ms": t.ttft_s * 1000 / max(1, t.prompt_tokens - result.cached_tokens),
-        "prompt_per_second": t.prompt_tps, "predicted_n": t.generated_tokens, "predicted_ms": pred_ms,
-        "predicted_per_token_ms": pred_ms / max(1, t.generated_tokens - 1), "predicted_per_second": t.decode_tps,
+        "prompt_per_second": t.prompt_tps,
+        "predicted_n": t.generated_tokens,
+        "predicted_ms": pred_ms,
+        "predicted_per_token_ms": pred_ms / max(1, t.generated_tokens - 1),
+        "predicted_per_second": t.decode_tps,
         "cache_n": result.cached_tokens,
     }
 
@@ -57,11 +64,17 @@ def _final(model: ModelHandle, result: WorkResult, slot: int) -> dict[str, Any]:
     g = result.generations[0] if result.generations else None
     prompt = result.info.get("prompt")
     return {
-        "index": 0, "content": g.text if g else "", "id_slot": slot, "stop": True, "model": model.name,
+        "index": 0,
+        "content": g.text if g else "",
+        "id_slot": slot,
+        "stop": True,
+        "model": model.name,
         "tokens_predicted": g.timings.generated_tokens if g else 0,
-        "tokens_evaluated": g.timings.prompt_tokens if g else 0, "tokens_cached": result.cached_tokens,
+        "tokens_evaluated": g.timings.prompt_tokens if g else 0,
+        "tokens_cached": result.cached_tokens,
         "truncated": bool(prompt and (prompt.prefix_trimmed or prompt.suffix_trimmed)),
-        "stop_type": _stop_type(g.finish_reason) if g else "none", "has_new_line": bool(g and "\n" in g.text),
+        "stop_type": _stop_type(g.finish_reason) if g else "none",
+        "has_new_line": bool(g and "\n" in g.text),
         "timings": _timings(result),
     }
 
@@ -69,11 +82,22 @@ def _final(model: ModelHandle, result: WorkResult, slot: int) -> dict[str, Any]:
 def routes(state: ServerState) -> list[Route]:
     async def health(request: Request) -> Response:
         if state.load_error:
-            return JSONResponse({"error": {"code": 500, "message": f"the model failed to load: {state.load_error}",
-                                           "type": "server_error"}}, 500)
+            return JSONResponse(
+                {
+                    "error": {
+                        "code": 500,
+                        "message": f"the model failed to load: {state.load_error}",
+                        "type": "server_error",
+                    }
+                },
+                500,
+            )
         if not state.ready.is_set():
-            return JSONResponse({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}, 503,
-                                headers={"Retry-After": "1"})
+            return JSONResponse(
+                {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}},
+                503,
+                headers={"Retry-After": "1"},
+            )
         return JSONResponse({"status": "ok"})
 
     async def metrics(request: Request) -> Response:
@@ -86,25 +110,39 @@ def routes(state: ServerState) -> list[Route]:
         body = await read_body(request)
         model = state.model(body.text("model"))
         if model.fim is None:
-            raise ApiError(501, f"{model.name} does not support infill: it has no fill-in-the-middle tokens; "
-                                "serve a FIM-capable code model such as qwen2.5-coder-0.5b-instruct")
+            raise ApiError(
+                501,
+                f"{model.name} does not support infill: it has no fill-in-the-middle tokens; "
+                "serve a FIM-capable code model such as qwen2.5-coder-0.5b-instruct",
+            )
         prefix = (body.text("input_prefix", "") or "") + (body.text("prompt", "") or "")
         suffix = body.text("input_suffix", "") or ""
         n_predict = body.integer("n_predict", None)
         if n_predict is not None and n_predict < 0:
             n_predict = None  # llama.cpp's -1: no limit but the server's cap
         sampling = sampling_for(
-            max_tokens=n_predict, default_max=DEFAULT_N_PREDICT, cap=state.cap(model),
-            temperature=body.number("temperature", None, lo=0, hi=2), top_p=body.number("top_p", None, lo=0, hi=1),
-            top_k=body.integer("top_k", None, lo=0), seed=body.integer("seed", None), stop=body.stops("stop"),
-            repeat_penalty=body.number("repeat_penalty", None, lo=0), model_stop=(),
+            max_tokens=n_predict,
+            default_max=DEFAULT_N_PREDICT,
+            cap=state.cap(model),
+            temperature=body.number("temperature", None, lo=0, hi=2),
+            top_p=body.number("top_p", None, lo=0, hi=1),
+            top_k=body.integer("top_k", None, lo=0),
+            seed=body.integer("seed", None),
+            stop=body.stops("stop"),
+            repeat_penalty=body.number("repeat_penalty", None, lo=0),
+            model_stop=(),
         )
         deadline_ms = body.integer("t_max_predict_ms", None, lo=0)
         req = InfillRequest(prefix, suffix, _extra(body), body.text("filename", "") or "")
         state.log_prompt("/infill", prefix + " [suffix] " + suffix)
-        ticket = state.sched.submit(model, infill_work(req, sampling, model.fim), client=state.client_key(request),
-                                    prompt_key=prefix, infill=True,
-                                    deadline_s=deadline_ms / 1000 if deadline_ms else None)
+        ticket = state.sched.submit(
+            model,
+            infill_work(req, sampling, model.fim),
+            client=state.client_key(request),
+            prompt_key=prefix,
+            infill=True,
+            deadline_s=deadline_ms / 1000 if deadline_ms else None,
+        )
         if body.flag("stream", False):
             return stream(ticket, _chunks(ticket, model), "text/event-stream")
         try:

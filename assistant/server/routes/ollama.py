@@ -36,20 +36,33 @@ def _params(n: int) -> str:
 
 def _details(m: ModelHandle) -> dict[str, Any]:
     g = m.resolved.gguf
-    return {"parent_model": "", "format": "gguf", "family": g.architecture, "families": [g.architecture],
-            "parameter_size": _params(g.n_params), "quantization_level": g.quantization}
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": g.architecture,
+        "families": [g.architecture],
+        "parameter_size": _params(g.n_params),
+        "quantization_level": g.quantization,
+    }
 
 
 def _template(m: ModelHandle) -> str:
     chat = m.engine.llm.metadata.get("tokenizer.chat_template", "")
-    body = ("{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
-            "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n") if "<|im_start|>" in chat \
+    body = (
+        (
+            "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+            "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n"
+        )
+        if "<|im_start|>" in chat
         else "{{ .Prompt }}"
+    )
     if m.fim is None:
         return body
     t = m.fim.texts
-    return (f"{{{{- if .Suffix }}}}{t[m.fim.prefix]}{{{{ .Prompt }}}}{t[m.fim.suffix]}{{{{ .Suffix }}}}"
-            f"{t[m.fim.middle]}{{{{- else }}}}{body}{{{{- end }}}}")
+    return (
+        f"{{{{- if .Suffix }}}}{t[m.fim.prefix]}{{{{ .Prompt }}}}{t[m.fim.suffix]}{{{{ .Suffix }}}}"
+        f"{t[m.fim.middle]}{{{{- else }}}}{body}{{{{- end }}}}"
+    )
 
 
 def _options(state: ServerState, model: ModelHandle, body: Body) -> Any:
@@ -61,10 +74,16 @@ def _options(state: ServerState, model: ModelHandle, body: Body) -> Any:
         num_predict = None  # -1 (no limit) and -2 (fill the context): the server's cap
     opts.integer("num_ctx", None, lo=1)  # the context is fixed when the model loads (--ctx)
     return sampling_for(
-        max_tokens=num_predict, default_max=state.cap(model), cap=state.cap(model),
-        temperature=opts.number("temperature", None, lo=0, hi=2), top_p=opts.number("top_p", None, lo=0, hi=1),
-        top_k=opts.integer("top_k", None, lo=0), seed=opts.integer("seed", None), stop=opts.stops("stop"),
-        repeat_penalty=opts.number("repeat_penalty", None, lo=0), model_stop=model.resolved.stop,
+        max_tokens=num_predict,
+        default_max=state.cap(model),
+        cap=state.cap(model),
+        temperature=opts.number("temperature", None, lo=0, hi=2),
+        top_p=opts.number("top_p", None, lo=0, hi=1),
+        top_k=opts.integer("top_k", None, lo=0),
+        seed=opts.integer("seed", None),
+        stop=opts.stops("stop"),
+        repeat_penalty=opts.number("repeat_penalty", None, lo=0),
+        model_stop=model.resolved.stop,
     )
 
 
@@ -74,9 +93,13 @@ def _final_fields(result: WorkResult, model: ModelHandle, total_ns: int) -> dict
         return {"done_reason": "cancelled", "total_duration": total_ns}
     t = g.timings
     return {
-        "done_reason": g.finish_reason, "total_duration": total_ns, "load_duration": 0,
-        "prompt_eval_count": t.prompt_tokens, "prompt_eval_duration": int(t.ttft_s * NS),
-        "eval_count": t.generated_tokens, "eval_duration": int(t.decode_s * NS),
+        "done_reason": g.finish_reason,
+        "total_duration": total_ns,
+        "load_duration": 0,
+        "prompt_eval_count": t.prompt_tokens,
+        "prompt_eval_duration": int(t.ttft_s * NS),
+        "eval_count": t.generated_tokens,
+        "eval_duration": int(t.decode_s * NS),
     }
 
 
@@ -87,17 +110,36 @@ def routes(state: ServerState) -> list[Route]:
         out = []
         for m in state.models.values():
             st = m.resolved.path.stat()
-            out.append({"name": m.name, "model": m.name, "size": st.st_size, "digest": m.resolved.sha256,
-                        "modified_at": dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).isoformat(),
-                        "details": _details(m)})
+            out.append(
+                {
+                    "name": m.name,
+                    "model": m.name,
+                    "size": st.st_size,
+                    "digest": m.resolved.sha256,
+                    "modified_at": dt.datetime.fromtimestamp(st.st_mtime, dt.timezone.utc).isoformat(),
+                    "details": _details(m),
+                }
+            )
         return JSONResponse({"models": out})
 
     @endpoint
     async def ps(request: Request) -> Response:
         state.model(None)
-        return JSONResponse({"models": [{"name": m.name, "model": m.name, "size": m.resolved.path.stat().st_size,
-                                         "digest": m.resolved.sha256, "details": _details(m),
-                                         "context_length": m.engine.n_ctx} for m in state.models.values()]})
+        return JSONResponse(
+            {
+                "models": [
+                    {
+                        "name": m.name,
+                        "model": m.name,
+                        "size": m.resolved.path.stat().st_size,
+                        "digest": m.resolved.sha256,
+                        "details": _details(m),
+                        "context_length": m.engine.n_ctx,
+                    }
+                    for m in state.models.values()
+                ]
+            }
+        )
 
     @endpoint
     async def version(request: Request) -> Response:
@@ -112,10 +154,20 @@ def routes(state: ServerState) -> list[Route]:
         m = state.model(name)
         g = m.resolved.gguf
         caps = ["completion"] + (["insert"] if m.fim else [])
-        info = {k: v for k, v in g.metadata.items() if isinstance(v, (int, float, str)) and not k.startswith("tokenizer.")}
-        return JSONResponse({"modelfile": f"FROM {m.resolved.path}\n", "parameters": "", "template": _template(m),
-                             "details": _details(m), "model_info": info, "capabilities": caps,
-                             "modified_at": _now()})
+        info = {
+            k: v for k, v in g.metadata.items() if isinstance(v, (int, float, str)) and not k.startswith("tokenizer.")
+        }
+        return JSONResponse(
+            {
+                "modelfile": f"FROM {m.resolved.path}\n",
+                "parameters": "",
+                "template": _template(m),
+                "details": _details(m),
+                "model_info": info,
+                "capabilities": caps,
+                "modified_at": _now(),
+            }
+        )
 
     @endpoint
     async def generate(request: Request) -> Response:
@@ -135,22 +187,29 @@ def routes(state: ServerState) -> list[Route]:
         sampling = _options(state, model, body)
         client = state.client_key(request)
         if not prompt and not suffix:  # Ollama's way to load a model: answer done at once
-            return JSONResponse({"model": model.name, "created_at": _now(), "response": "", "done": True,
-                                 "done_reason": "load"})
+            return JSONResponse(
+                {"model": model.name, "created_at": _now(), "response": "", "done": True, "done_reason": "load"}
+            )
         state.log_prompt("/api/generate", prompt + (f" [suffix] {suffix}" if suffix else ""))
         if suffix is not None:
             if model.fim is None:
                 raise ApiError(400, f"{model.name} does not support insert (it has no fill-in-the-middle tokens)")
             from assistant.runtime.fim import InfillRequest
 
-            ticket = state.sched.submit(model, infill_work(InfillRequest(prompt, suffix), sampling, model.fim),
-                                        client=client, prompt_key=prompt, infill=True)
+            ticket = state.sched.submit(
+                model,
+                infill_work(InfillRequest(prompt, suffix), sampling, model.fim),
+                client=client,
+                prompt_key=prompt,
+                infill=True,
+            )
         else:
             if raw:
                 text = prompt
             else:
                 messages = ([{"role": "system", "content": system}] if system else []) + [
-                    {"role": "user", "content": prompt}]
+                    {"role": "user", "content": prompt}
+                ]
                 text = chat_prompt(model.engine, messages) if model.engine._chat is not None else prompt
             check_fits(model, text)
             ticket = state.sched.submit(model, text_work(text, sampling), client=client, prompt_key=text)
@@ -205,8 +264,9 @@ async def _respond(request: Request, ticket: Ticket, model: ModelHandle, streami
                 raise
             result = WorkResult([])
         text = result.generations[0].text if result.generations else ""
-        return JSONResponse({**_piece(model, text, chat, True),
-                             **_final_fields(result, model, time.perf_counter_ns() - t0)})
+        return JSONResponse(
+            {**_piece(model, text, chat, True), **_final_fields(result, model, time.perf_counter_ns() - t0)}
+        )
 
     async def chunks() -> AsyncIterator[bytes]:
         async for _, text in ticket.stream():
