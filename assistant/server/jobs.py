@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from assistant.runtime.engine import Sampling
 from assistant.server.errors import ApiError
+from assistant.server.params import Body
 from assistant.server.scheduler import ModelHandle, Push, Work, WorkResult
 
 if TYPE_CHECKING:
@@ -29,31 +30,31 @@ def cached_prefix(engine: Engine, tokens: list[int]) -> int:
 
 
 def sampling_for(
+    params: Body,
     *,
     max_tokens: int | None,
     default_max: int,
     cap: int,
-    temperature: float | None,
-    top_p: float | None,
-    top_k: int | None,
-    seed: int | None,
-    stop: tuple[str, ...],
-    repeat_penalty: float | None = None,
     model_stop: tuple[str, ...] = (),
 ) -> Sampling:
-    """The engine's sampling from a request; ``max_tokens`` is clamped to the server's cap."""
+    """The engine's sampling from a request's fields (the same names and bounds in all three APIs);
+    ``max_tokens`` is clamped to the server's cap."""
     base = Sampling()
     want = default_max if max_tokens is None else max_tokens
     if want < 1:
         raise ApiError(400, f"max_tokens must be at least 1, not {want}", param="max_tokens")
+    temperature = params.number("temperature", None, lo=0, hi=2)
+    top_p = params.number("top_p", None, lo=0, hi=1)
+    top_k = params.integer("top_k", None, lo=0)
+    repeat_penalty = params.number("repeat_penalty", None, lo=0)
     return Sampling(
         max_tokens=min(want, cap),
         temperature=base.temperature if temperature is None else temperature,
         top_p=base.top_p if top_p is None else top_p,
         top_k=base.top_k if top_k is None else top_k,
         repeat_penalty=base.repeat_penalty if repeat_penalty is None else repeat_penalty,
-        seed=seed,
-        stop=tuple(stop) + tuple(model_stop),
+        seed=params.integer("seed", None),
+        stop=params.stops("stop") + tuple(model_stop),
     )
 
 

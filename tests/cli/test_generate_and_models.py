@@ -45,7 +45,7 @@ def test_generate_json_fields_are_present_and_sane():
     assert "def add" in d["text"]
     t = d["timings"]
     assert 0 < t["generated_tokens"] <= 64 and t["prompt_tokens"] > 10
-    assert 0 < t["ttft_s"] < 30 and t["decode_tps"] > 1 and t["load_s"] > 0
+    assert 0 < t["ttft_s"] < 30 and t["decode_tps"] > 0 and t["load_s"] > 0
     assert d["sampling"]["stop"] == ["<|im_end|>"]
 
 

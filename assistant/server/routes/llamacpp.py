@@ -121,15 +121,10 @@ def routes(state: ServerState) -> list[Route]:
         if n_predict is not None and n_predict < 0:
             n_predict = None  # llama.cpp's -1: no limit but the server's cap
         sampling = sampling_for(
+            body,
             max_tokens=n_predict,
             default_max=DEFAULT_N_PREDICT,
             cap=state.cap(model),
-            temperature=body.number("temperature", None, lo=0, hi=2),
-            top_p=body.number("top_p", None, lo=0, hi=1),
-            top_k=body.integer("top_k", None, lo=0),
-            seed=body.integer("seed", None),
-            stop=body.stops("stop"),
-            repeat_penalty=body.number("repeat_penalty", None, lo=0),
             model_stop=(),
         )
         deadline_ms = body.integer("t_max_predict_ms", None, lo=0)

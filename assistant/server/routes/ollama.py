@@ -74,15 +74,10 @@ def _options(state: ServerState, model: ModelHandle, body: Body) -> Any:
         num_predict = None  # -1 (no limit) and -2 (fill the context): the server's cap
     opts.integer("num_ctx", None, lo=1)  # the context is fixed when the model loads (--ctx)
     return sampling_for(
+        opts,
         max_tokens=num_predict,
         default_max=state.cap(model),
         cap=state.cap(model),
-        temperature=opts.number("temperature", None, lo=0, hi=2),
-        top_p=opts.number("top_p", None, lo=0, hi=1),
-        top_k=opts.integer("top_k", None, lo=0),
-        seed=opts.integer("seed", None),
-        stop=opts.stops("stop"),
-        repeat_penalty=opts.number("repeat_penalty", None, lo=0),
         model_stop=model.resolved.stop,
     )
 

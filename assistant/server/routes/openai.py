@@ -38,15 +38,10 @@ def _sampling(state: ServerState, model: ModelHandle, body: Body, default_max: i
     body.number("presence_penalty", 0.0, lo=-2, hi=2)  # accepted for compatibility; not applied
     body.number("frequency_penalty", 0.0, lo=-2, hi=2)
     return sampling_for(
+        body,
         max_tokens=max_tokens,
         default_max=default_max or state.cap(model),
         cap=state.cap(model),
-        temperature=body.number("temperature", None, lo=0, hi=2),
-        top_p=body.number("top_p", None, lo=0, hi=1),
-        top_k=body.integer("top_k", None, lo=0),
-        seed=body.integer("seed", None),
-        stop=body.stops("stop"),
-        repeat_penalty=body.number("repeat_penalty", None, lo=0),
         model_stop=model.resolved.stop,
     )
 
