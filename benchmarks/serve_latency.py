@@ -10,19 +10,25 @@ cut at a line start to about ``--prefix-tokens`` tokens; the suffix is the next 
 changes the file's first line, so nothing but the empty cache can be reused; "edit" types one
 more character at the cursor, as an editor does on a keystroke. Times are client-side, over a
 real loopback socket with the streaming /v1/completions route (suffix = FIM): time to the first
-streamed piece (TTFT) and to the end. Run it alone: the machine is shared, one model process at
-a time.
+streamed piece (TTFT) and to the end. The server is a real ``assistant serve`` process, as an
+editor meets it (the client is another process, not a thread sharing the server's GIL); the
+engine-direct decode runs in this process while the server idles. Run it alone: the machine is
+shared, one busy model process at a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
+import re
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -87,6 +93,31 @@ def stream_once(client, url: str, body: dict) -> dict:
     }
 
 
+@contextlib.contextmanager
+def serve_process(model: str, threads: int, ctx: int) -> Iterator[str]:
+    """``assistant serve`` on a free loopback port; yields its URL once /health says ready."""
+    import httpx
+
+    cmd = [sys.executable, "-m", "assistant", "serve", "-m", model, "--port", "0"]
+    cmd += ["--threads", str(threads), "--ctx", str(ctx), "--parallel", "1", "--queue", "4"]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stderr.readline() if p.stderr else ""
+        m = re.search(r"on (http://127\.0\.0\.1:\d+) ", line)
+        if not m:
+            raise SystemExit(f"assistant serve did not start: {line.strip() or p.wait()}")
+        url = m.group(1)
+        deadline = time.monotonic() + 300
+        while httpx.get(url + "/health").status_code != 200:
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("assistant serve did not become ready")
+            time.sleep(0.1)
+        yield url
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=60)
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
@@ -117,19 +148,19 @@ def main() -> None:
 
     from assistant.atomic import atomic_write_text
     from assistant.codegen.generate import load_model
-    from assistant.runtime.engine import Sampling
-    from assistant.server.app import ServerState, ServerThread
-    from assistant.server.config import ServeConfig
+    from assistant.runtime.engine import Engine, EngineConfig, Sampling
+    from assistant.runtime.prompts import Request
 
     resolved = load_model(args.model)
-    state = ServerState(ServeConfig(threads=args.threads, ctx=4096, parallel=1, queue=4), [resolved])
     rows: dict[str, list[dict]] = {"cold": [], "edit": []}
     decode: dict[str, list[float]] = {"engine": [], "server": []}
-    with ServerThread(state) as srv, httpx.Client(timeout=600) as client:
-        handle = next(iter(state.models.values()))
-        engine = handle.engine
+    with (
+        serve_process(resolved.name, args.threads, 4096) as server_url,
+        Engine(resolved, EngineConfig(n_ctx=4096, n_threads=args.threads)) as engine,
+        httpx.Client(timeout=600) as client,
+    ):
         prefix, suffix = make_case(engine, args.prefix_tokens)
-        url = srv.url + "/v1/completions"
+        url = server_url + "/v1/completions"
         base = {
             "model": resolved.name,
             "max_tokens": 32,
@@ -145,9 +176,7 @@ def main() -> None:
             rows["edit"].append(stream_once(client, url, {**base, "prompt": p + "r", "suffix": suffix}))
         prompt_tokens = len(engine.tokenize(prefix))
         chat = engine.render(
-            __import__("assistant.runtime.prompts", fromlist=["Request"]).Request(
-                "Write a long Python module with ten small utility functions, each with a docstring."
-            ),
+            Request("Write a long Python module with ten small utility functions, each with a docstring."),
             style="chat",
         )
         dbody = {

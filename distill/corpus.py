@@ -566,6 +566,10 @@ class TokenSplit:
         start = index * block_size
         return self.tokens(start, start + block_size + 1)
 
+    def label_mask(self, indices: Sequence[int], block_size: int) -> None:
+        """None: every position of a token stream is a target (an example corpus returns its mask)."""
+        return None
+
     def batch(self, indices: Sequence[int], block_size: int) -> np.ndarray:
         """Blocks stacked into [len(indices), B + 1] int64."""
         return (

@@ -73,13 +73,61 @@ def corpus(
         None, "--max-tokens", min=1, help="Stop after the file that brings the total to this many tokens."
     ),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out directory."),
+    task: str = typer.Option(
+        "code", "--task", help="code (a token stream of Python files) or asserts (prompt → assertion examples)."
+    ),
+    dataset: Optional[Path] = typer.Option(
+        None,
+        "--dataset",
+        help="--task asserts: the assertion dataset folder (default: the one `assistant eval asserts` uses).",
+    ),
+    block_size: Optional[int] = typer.Option(
+        None, "--block-size", min=2, help="--task asserts: tokens per example row (the training block size)."
+    ),
+    max_examples: Optional[int] = typer.Option(
+        None, "--max-examples", min=1, help="--task asserts: only the first N train examples."
+    ),
+    max_val_examples: Optional[int] = typer.Option(
+        None, "--max-val-examples", min=1, help="--task asserts: only the first N validation examples."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Collect, filter, decontaminate and tokenize Python files into memory-mapped token shards."""
+    """Collect, filter, decontaminate and tokenize Python files into memory-mapped token shards
+    (or, with --task asserts, one masked prompt → assertion row per example)."""
     from assistant.atomic import check_output_dir
     from distill.corpus import CorpusConfig, build_corpus, check_out_dir
     from distill.tokenizer import load_tokenizer
 
+    if task != "code":
+        _example_corpus(
+            task,
+            out,
+            tokenizer,
+            dataset,
+            block_size,
+            max_examples,
+            max_val_examples,
+            shard_tokens,
+            force,
+            json_out,
+            code_options={
+                "--roots": bool(roots),
+                "--max-files": max_files is not None,
+                "--max-tokens": max_tokens is not None,
+            },
+        )
+        return
+    asserts_only = {
+        "--dataset": dataset is not None,
+        "--block-size": block_size is not None,
+        "--max-examples": max_examples is not None,
+        "--max-val-examples": max_val_examples is not None,
+    }
+    given = [name for name, used in asserts_only.items() if used]
+    if given:
+        from assistant.errors import UsageError
+
+        raise UsageError(f"{', '.join(given)} only apply to --task asserts")
     config = CorpusConfig(
         roots=tuple(roots or ()),
         val_fraction=val_fraction,
@@ -118,8 +166,71 @@ def corpus(
     )
 
 
+def _example_corpus(
+    task: str,
+    out: Path,
+    tokenizer: str,
+    dataset: Optional[Path],
+    block_size: Optional[int],
+    max_examples: Optional[int],
+    max_val_examples: Optional[int],
+    shard_tokens: int,
+    force: bool,
+    json_out: bool,
+    code_options: dict,
+) -> None:
+    """`corpus --task asserts`: the example corpus (distill.example_corpus), checks first, tokenizer last."""
+    from assistant.atomic import check_output_dir
+    from assistant.errors import UsageError
+    from distill.corpus import check_out_dir
+    from distill.example_corpus import ExampleCorpusConfig, build_example_corpus, dataset_identity
+    from distill.tokenizer import load_tokenizer
+
+    given = [name for name, used in code_options.items() if used]
+    if given:
+        raise UsageError(f"{', '.join(given)} only apply to --task code")
+    if block_size is None:
+        raise UsageError(f"--task {task} needs --block-size N (tokens per example row, as the training run will use)")
+    config = ExampleCorpusConfig(
+        block_size=block_size,
+        dataset_dir=dataset,
+        max_examples=max_examples,
+        max_val_examples=max_val_examples,
+        shard_tokens=shard_tokens,
+        task=task,
+    )
+    config.validate()
+    check_out_dir(out.expanduser().resolve(), force)
+    check_output_dir(out)
+    dataset_identity(config.dataset())  # a folder that is no dataset fails before the tokenizer's seconds
+    tok = load_tokenizer(tokenizer)
+    with _bar("examples", "examples") as update:
+        result = build_example_corpus(
+            tok, config, out, force=force, progress=(lambda done, total: update(done, total)) if update else None
+        )
+    d = result.to_dict()
+    if json_out:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    tr, va = d["splits"]["train"], d["splits"]["validation"]
+    typer.echo(
+        f"wrote {d['path']}: {tr['n_rows']} train + {va['n_rows']} validation rows of {d['block_size']} + 1 tokens, "
+        f"{d['seconds']:.1f} s"
+    )
+    typer.echo(
+        f"dropped (target does not fit): train {tr['dropped']}, validation {va['dropped']}; "
+        f"prompts cut from the left: train {tr['truncated']}, validation {va['truncated']}; "
+        f"target tokens: train {tr['n_target_tokens']:,}, validation {va['n_target_tokens']:,}"
+    )
+    typer.echo(
+        f"tokenizer {d['tokenizer']['source']} (sha256 {d['tokenizer']['sha256'][:12]}); manifest sha256 {d['manifest_sha256']}"
+    )
+
+
 def cache_logits(
-    corpus_dir: Path = typer.Option(..., "--corpus", help="A directory written by `assistant distill corpus`."),
+    corpus_dir: Path = typer.Option(
+        ..., "--corpus", help="A directory written by `assistant distill corpus` (token or example corpus)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Cache directory (a rerun with the same settings resumes)."),
     block_size: int = typer.Option(..., "--block-size", min=1, help="Tokens per block, as the training run will use."),
     teacher: str = typer.Option(
@@ -163,8 +274,13 @@ def cache_logits(
     if json_out:
         typer.echo(json.dumps(d, indent=2))
         return
+    where = (
+        f"{d['tokens']:,} target positions of {d['n_blocks']} examples"
+        if d.get("positions") == "targets"
+        else f"{d['n_blocks']} blocks x {d['block_size']} tokens"
+    )
     typer.echo(
-        f"wrote {d['path']}: {d['n_blocks']} blocks x {d['block_size']} tokens of {d['split']}, top-{d['k']}, "
+        f"wrote {d['path']}: {where} of {d['split']}, top-{d['k']}, "
         f"{d['bytes'] / 1e6:.1f} MB in {d['shards']} shards ({d['shards_reused']} reused), {d['seconds']:.1f} s"
     )
     typer.echo(

@@ -42,6 +42,30 @@ class LlamaCppTeacher:
             rows.append(np.array(self.llm.scores[: len(row)], dtype=np.float32))
         return torch.from_numpy(np.stack(rows))
 
+    def forward_at(self, input_ids: Any, mask: Any) -> Any:
+        """Logits [mask.sum(), V] at the masked positions only (an example corpus's targets), row-major.
+
+        Each row is evaluated only up to its last target and only those rows of the scores are
+        copied out, instead of B × 151,936 floats per block.
+        """
+        import numpy as np
+        import torch
+
+        picked = []
+        for row, keep in zip(input_ids.tolist(), mask.cpu().numpy()):
+            where = np.flatnonzero(keep)
+            if not len(where):
+                continue
+            row = row[: int(where[-1]) + 1]
+            if len(row) > self.n_ctx:
+                raise UsageError(f"a block of {len(row)} tokens does not fit the teacher's context of {self.n_ctx}")
+            self.llm.reset()
+            self.llm.eval(row)
+            picked.append(np.array(self.llm.scores[where], dtype=np.float32))
+        if not picked:
+            return torch.empty((0, self.vocab_size), dtype=torch.float32)
+        return torch.from_numpy(np.concatenate(picked))
+
     def close(self) -> None:
         self.llm.close()
 

@@ -16,6 +16,13 @@ Shards hold ``blocks_per_shard`` blocks each as three C-order arrays back to bac
 and renamed, and the manifest is rewritten after every shard, so an interrupted run resumes:
 shards already recorded (and still matching their sha256) are kept; different settings are
 refused rather than mixed.
+
+On an example corpus (distill/example_corpus.py: one prompt → answer example per block, a loss
+mask on the answer) only the masked positions are kept (``positions = "targets"``): per shard
+logprobs[m,k] | ids[m,k] | rest[m] | position[m] (int32, within its block) | row_start[n+1]
+(int64), m the shard's target positions. The teacher's head runs only there, the teacher never
+reads past a block's last target, and ``block(i)`` expands a block back to B positions (the
+others hold an empty distribution: -inf log-probs, all mass in ``rest``; the loss never reads them).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -59,12 +66,15 @@ IDENTITY = (
     "teacher_sha256",
     "teacher_vocab_size",
     "teacher_backend",
+    "positions",
 )
 
 #: progress(blocks_done, blocks_total)
 Progress = Callable[[int, int], None]
 #: teacher_forward(input_ids LongTensor[batch, B]) -> logits FloatTensor[batch, B, V]
-TeacherForward = Callable[["object"], "object"]
+TeacherForward = Callable[[Any], Any]
+#: teacher_forward_at(input_ids LongTensor[batch, L], mask BoolTensor[batch, L]) -> logits FloatTensor[mask.sum(), V]
+TeacherForwardAt = Callable[[Any, Any], Any]
 
 
 class CacheError(AssistantError):
@@ -145,7 +155,10 @@ class CacheManifest:
             "split": m["split"],
             "n_blocks": m["n_blocks"],
             "block_size": m["block_size"],
-            "tokens": m["n_blocks"] * m["block_size"],
+            "positions": m.get("positions", "all"),
+            "tokens": sum(s.get("n_positions", 0) for s in m["shards"])
+            if m.get("positions") == "targets"
+            else m["n_blocks"] * m["block_size"],
             "k": m["k"],
             "bytes_per_token": m["bytes_per_token"],
             "full_fp16_bytes_per_token": m["full_fp16_bytes_per_token"],
@@ -183,12 +196,21 @@ def _identity(m: dict) -> dict:
         "teacher_sha256": m["teacher"]["sha256"],
         "teacher_vocab_size": m["teacher"]["vocab_size"],
         "teacher_backend": m["teacher"].get("backend", "torch"),
+        "positions": m.get("positions", "all"),
     }
 
 
-def new_manifest(split: TokenSplit, config: CacheConfig) -> dict:
+def targets_only(split) -> bool:
+    """Whether the split is an example corpus's, whose blocks have targets only under their mask."""
+    from distill.example_corpus import ExampleSplit
+
+    return isinstance(split, ExampleSplit)
+
+
+def new_manifest(split: TokenSplit | Any, config: CacheConfig) -> dict:
     """The manifest this run will write, with no shards yet (also what a rerun is compared to)."""
     n_blocks = split.n_blocks(config.block_size)
+    sparse = targets_only(split)
     if config.max_blocks is not None:
         n_blocks = min(n_blocks, config.max_blocks)
     bpt, full = bytes_per_token(config.k, config.vocab_size), full_logits_bytes_per_token(config.vocab_size)
@@ -215,7 +237,13 @@ def new_manifest(split: TokenSplit, config: CacheConfig) -> dict:
         },
         "dtypes": {"logprobs": "float16", "ids": id_dtype(config.vocab_size).name, "rest": "float32"},
         "byte_order": "little",
-        "layout": "per shard: logprobs[n,B,k] | ids[n,B,k] | rest[n,B], C order; n = the shard's n_blocks",
+        "positions": "targets" if sparse else "all",
+        "layout": (
+            "per shard: logprobs[m,k] | ids[m,k] | rest[m] | position[m] int32 | row_start[n+1] int64, C order; "
+            "m = the shard's target positions, n its n_blocks"
+            if sparse
+            else "per shard: logprobs[n,B,k] | ids[n,B,k] | rest[n,B], C order; n = the shard's n_blocks"
+        ),
         "rest": "1 - sum(exp(stored float16 top-k log-probs)), float32, clamped at 0",
         "bytes_per_token": bpt,
         "full_fp16_bytes_per_token": full,
@@ -248,7 +276,7 @@ def check_resume(out: Path, planned: dict) -> dict | None:
     return old
 
 
-def precheck_out(out: Path, split: TokenSplit, block_size: int, k: int) -> None:
+def precheck_out(out: Path, split: TokenSplit | Any, block_size: int, k: int) -> None:
     """The checks of check_resume that need no teacher, so a wrong --out fails before the teacher loads."""
     if not (out / MANIFEST).is_file():
         check_resume(out, {})  # only the "not empty / not a directory" checks apply
@@ -269,12 +297,17 @@ def precheck_out(out: Path, split: TokenSplit, block_size: int, k: int) -> None:
 
 def build_logit_cache(
     teacher_forward: TeacherForward,
-    corpus_split: TokenSplit,
+    corpus_split: TokenSplit | Any,
     config: CacheConfig,
     out_dir: str | os.PathLike,
     progress: Progress | None = None,
+    teacher_forward_at: TeacherForwardAt | None = None,
 ) -> CacheManifest:
-    """Run the teacher over the split's blocks and store its top-k targets in ``out_dir`` (resumable)."""
+    """Run the teacher over the split's blocks and store its top-k targets in ``out_dir`` (resumable).
+
+    On an example corpus only the target positions are stored; ``teacher_forward_at``, when given,
+    computes the teacher's logits at those positions alone (else they are picked from the full logits).
+    """
     import torch
 
     started = time.perf_counter()
@@ -318,6 +351,24 @@ def build_logit_cache(
                 continue
             except CorpusError:
                 pass  # damaged or partial: compute it again
+        if manifest["positions"] == "targets":
+            arrays = _targets_shard(
+                teacher_forward,
+                teacher_forward_at,
+                corpus_split,
+                config,
+                start,
+                n,
+                ids_dtype,
+                blocks_done,
+                n_blocks,
+                progress,
+            )
+            blocks_done += n
+            manifest["shards"].append(_write_shard(out / name, start, n, arrays, n_positions=len(arrays[0])))
+            written += 1
+            _save(out, manifest)
+            continue
         logprobs = np.empty((n, B, k), np.float16)
         ids = np.empty((n, B, k), ids_dtype)
         rest = np.empty((n, B), np.float32)
@@ -337,6 +388,73 @@ def build_logit_cache(
     manifest["complete"] = True
     final = _save(out, manifest)
     return CacheManifest(out, final, final["manifest_sha256"], reused, written, time.perf_counter() - started)
+
+
+def _targets_shard(
+    forward, forward_at, split, config: CacheConfig, start: int, n: int, ids_dtype, done, total, progress
+):
+    """(logprobs [m,k], ids [m,k], rest [m], position [m], row_start [n+1]) for blocks [start, start+n)."""
+    import torch
+
+    B, k = config.block_size, config.k
+    lps, tops, rests, positions, starts = [], [], [], [], [0]
+    for lo in range(0, n, config.batch_size):
+        idx = range(start + lo, start + min(n, lo + config.batch_size))
+        mask = split.label_mask(idx, B)
+        used = mask.any(0).nonzero()[0]
+        length = int(used[-1]) + 1 if len(used) else 1  # nothing after the last target matters to a causal teacher
+        inputs = torch.from_numpy(split.batch(idx, B)[:, :length]).to(config.device)
+        keep = torch.from_numpy(np.ascontiguousarray(mask[:, :length])).to(config.device)
+        lp, top, mass = teacher_topk_at(forward, forward_at, inputs, keep, k, config.vocab_size)
+        lps.append(lp)
+        tops.append(top)
+        rests.append(mass)
+        for row in mask:
+            where = row.nonzero()[0]
+            positions.append(where.astype(np.int32))
+            starts.append(starts[-1] + len(where))
+        if progress is not None:
+            progress(done + min(n, lo + config.batch_size), total)
+    return (
+        np.concatenate(lps).astype(np.float16),
+        np.concatenate(tops).astype(ids_dtype),
+        np.concatenate(rests).astype(np.float32),
+        np.concatenate(positions).astype(np.int32),
+        np.asarray(starts, dtype=np.int64),
+    )
+
+
+def teacher_topk_at(
+    forward: TeacherForward, forward_at: TeacherForwardAt | None, input_ids, mask, k: int, vocab_size: int
+):
+    """Top-k (float16 log-probs, ids, rest) at the masked positions only, in row-major order."""
+    import torch
+
+    with torch.inference_mode():
+        want = int(mask.sum())
+        if forward_at is not None:
+            logits = forward_at(input_ids, mask)
+        else:
+            full = forward(input_ids)
+            if tuple(full.shape) != (*input_ids.shape, vocab_size):
+                raise CacheError(
+                    f"the teacher returned logits of shape {tuple(full.shape)}, expected {(*input_ids.shape, vocab_size)}"
+                )
+            logits = full[mask]
+        if tuple(logits.shape) != (want, vocab_size):
+            raise CacheError(
+                f"the teacher returned logits of shape {tuple(logits.shape)}, expected {(want, vocab_size)}"
+            )
+        lps, ids, rests = [], [], []
+        for lo in range(0, want, 256):  # one float32 [256, V] log-softmax at a time
+            values, top = logits[lo : lo + 256].float().log_softmax(-1).topk(k, dim=-1)
+            values = values.to(torch.float16)
+            rests.append((1.0 - values.float().exp().sum(-1)).clamp_min(0.0).cpu().numpy())
+            lps.append(values.cpu().numpy())
+            ids.append(top.cpu().numpy())
+    if not want:
+        return np.empty((0, k), np.float16), np.empty((0, k), np.int64), np.empty((0,), np.float32)
+    return np.concatenate(lps), np.concatenate(ids), np.concatenate(rests)
 
 
 def teacher_topk(teacher_forward: TeacherForward, input_ids, k: int, vocab_size: int):
@@ -361,7 +479,7 @@ def teacher_topk(teacher_forward: TeacherForward, input_ids, k: int, vocab_size:
     return np.stack(lps), np.stack(ids), np.stack(rests)
 
 
-def _write_shard(path: Path, start: int, n: int, arrays) -> dict:
+def _write_shard(path: Path, start: int, n: int, arrays, n_positions: int | None = None) -> dict:
     h, size = hashlib.sha256(), 0
     with atomic_open(path, "wb") as f:
         for a in arrays:
@@ -369,7 +487,10 @@ def _write_shard(path: Path, start: int, n: int, arrays) -> dict:
             f.write(data)
             h.update(data)
             size += len(data)
-    return {"file": path.name, "start": start, "n_blocks": n, "bytes": size, "sha256": h.hexdigest()}
+    record = {"file": path.name, "start": start, "n_blocks": n, "bytes": size, "sha256": h.hexdigest()}
+    if n_positions is not None:
+        record["n_positions"] = n_positions
+    return record
 
 
 def _save(out: Path, manifest: dict) -> dict:
@@ -397,6 +518,7 @@ class LogitCache:
         self.split: str = manifest["split"]
         self.blocks_per_shard: int = manifest["blocks_per_shard"]
         self.ids_dtype = np.dtype(manifest["dtypes"]["ids"]).newbyteorder("<")
+        self.targets_only: bool = manifest.get("positions", "all") == "targets"
         self._maps: dict[int, tuple] = {}
 
     @classmethod
@@ -423,6 +545,20 @@ class LogitCache:
         return {**self.__dict__, "_maps": {}}
 
     def _shard(self, i: int) -> tuple:
+        if i not in self._maps and self.targets_only:
+            s = self.manifest["shards"][i]
+            m, n, k, file = s["n_positions"], s["n_blocks"], self.k, self.path / s["file"]
+            ids_at = m * k * 2
+            rest_at = ids_at + m * k * self.ids_dtype.itemsize
+            pos_at = rest_at + m * 4
+            starts_at = pos_at + m * 4
+            self._maps[i] = (
+                np.memmap(file, np.dtype("<f2"), "r", 0, (m, k)) if m else np.empty((0, k), np.float16),
+                np.memmap(file, self.ids_dtype, "r", ids_at, (m, k)) if m else np.empty((0, k), self.ids_dtype),
+                np.memmap(file, np.dtype("<f4"), "r", rest_at, (m,)) if m else np.empty((0,), np.float32),
+                np.memmap(file, np.dtype("<i4"), "r", pos_at, (m,)) if m else np.empty((0,), np.int32),
+                np.memmap(file, np.dtype("<i8"), "r", starts_at, (n + 1,)),
+            )
         if i not in self._maps:
             s = self.manifest["shards"][i]
             n, B, k = s["n_blocks"], self.block_size, self.k
@@ -440,6 +576,15 @@ class LogitCache:
         if not 0 <= index < self.n_blocks:
             raise IndexError(f"block {index} outside the cache's {self.n_blocks} blocks")
         shard, local = divmod(index, self.blocks_per_shard)
+        if self.targets_only:
+            lp_t, ids_t, rest_t, pos_t, starts = self._shard(shard)
+            a, b = int(starts[local]), int(starts[local + 1])
+            where = np.asarray(pos_t[a:b], dtype=np.int64)
+            lp = np.full((self.block_size, self.k), -np.inf, np.float16)
+            ids = np.zeros((self.block_size, self.k), np.int64)
+            rest = np.ones(self.block_size, np.float32)
+            lp[where], ids[where], rest[where] = lp_t[a:b], ids_t[a:b], rest_t[a:b]
+            return lp, ids, rest
         lp, ids, rest = self._shard(shard)
         return np.asarray(lp[local]), ids[local].astype(np.int64), np.asarray(rest[local])
 
@@ -448,7 +593,7 @@ class LogitCache:
         parts = [self.block(int(i)) for i in indices]
         return tuple(np.stack(p) for p in zip(*parts))  # type: ignore[return-value]
 
-    def check_matches(self, corpus: TokenCorpus, split: str, block_size: int) -> None:
+    def check_matches(self, corpus: TokenCorpus | Any, split: str, block_size: int) -> None:
         """One-line error unless this cache was made from ``corpus``'s ``split`` with ``block_size``."""
         fix = f"rebuild it: assistant distill cache-logits --corpus {corpus.path} --split {split} --block-size {block_size}"
         if self.corpus_sha256 != corpus.manifest_sha256:
@@ -491,12 +636,13 @@ def cache_teacher_logits(
 
     if backend not in BACKENDS:
         raise UsageError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    from distill.corpus import TokenCorpus
+    from distill.example_corpus import open_corpus
     from distill.models import load_teacher
     from distill.tokenizer import TokenizerError, load_tokenizer, same_tokenizer
 
-    corp = TokenCorpus.open(corpus_dir)
+    corp = open_corpus(corpus_dir)
     tokens = corp.split(split)
+    tokens.n_blocks(block_size)  # an example corpus refuses another block size before the teacher loads
     precheck_out(Path(out).expanduser().resolve(), tokens, block_size, k)
     try:
         teacher_tok = load_tokenizer(teacher)
@@ -532,7 +678,9 @@ def cache_teacher_logits(
             teacher_backend=backend,
         )
         try:
-            return build_logit_cache(lt.forward, tokens, config, out, progress=progress)
+            return build_logit_cache(
+                lt.forward, tokens, config, out, progress=progress, teacher_forward_at=lt.forward_at
+            )
         finally:
             lt.close()
     t = load_teacher(teacher, device=device, dtype=dtype)
@@ -551,4 +699,8 @@ def cache_teacher_logits(
     def forward(input_ids):
         return t.model(input_ids=input_ids, use_cache=False).logits
 
-    return build_logit_cache(forward, tokens, config, out, progress=progress)
+    def forward_at(input_ids, mask):  # the 151,936-row head only where a target is
+        hidden = t.model.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        return hidden[mask] @ t.model.lm_head.weight.t()
+
+    return build_logit_cache(forward, tokens, config, out, progress=progress, teacher_forward_at=forward_at)

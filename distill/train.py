@@ -116,14 +116,31 @@ def sample_indices(step: int, recipe: Recipe, env: Env, n_blocks: int) -> list[l
     ]
 
 
-def load_blocks(split, indices: list[int], block_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def load_blocks(
+    split, indices: list[int], block_size: int, device: torch.device, *, trim: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) for these blocks; labels are IGNORE_INDEX where an example corpus has no target.
+
+    With ``trim``, the columns after the batch's last target are dropped: a causal model's earlier
+    positions never see them, and an example row is mostly padding after its answer.
+    """
     rows = np.stack([split.block(i, block_size) for i in indices])
-    tokens = torch.from_numpy(rows.astype(np.int64)).to(device)
-    return tokens[:, :-1], tokens[:, 1:]
+    tokens = torch.from_numpy(rows.astype(np.int64))
+    inputs, labels = tokens[:, :-1], tokens[:, 1:]
+    mask = split.label_mask(indices, block_size)
+    if mask is not None:
+        keep = torch.from_numpy(mask)
+        labels = labels.masked_fill(~keep, IGNORE_INDEX)
+        if trim:
+            used = keep.any(0).nonzero()
+            length = int(used[-1]) + 1 if len(used) else 1
+            inputs, labels = inputs[:, :length].contiguous(), labels[:, :length].contiguous()
+    return inputs.to(device), labels.to(device)
 
 
-def load_cached_targets(cache, indices: list[int], device: torch.device) -> SparseTarget:
-    parts = [cache.block(i) for i in indices]
+def load_cached_targets(cache, indices: list[int], device: torch.device, length: int | None = None) -> SparseTarget:
+    """The cached teacher targets of these blocks, flattened like the student's [n·length] positions."""
+    parts = [tuple(a[:length] for a in cache.block(i)) for i in indices]
     return SparseTarget(
         torch.from_numpy(np.concatenate([p[0] for p in parts]).astype(np.float32)).to(device),
         torch.from_numpy(np.concatenate([p[1] for p in parts]).astype(np.int64)).to(device),
@@ -182,7 +199,10 @@ def dense_teacher(teacher: Teacher, input_ids: torch.Tensor) -> Callable[[slice]
 
 @torch.no_grad()
 def validate(step_module: DistillStep, teacher: Teacher | None, split, recipe: Recipe, env: Env) -> dict[str, float]:
-    """Student CE on validation blocks; with a teacher also KL(teacher‖student) at T=1 and top-1 agreement."""
+    """Student CE on validation blocks; with a teacher also KL(teacher‖student) at T=1 and top-1 agreement.
+
+    Only positions with a target count (an example corpus's answers), and only there do the heads run.
+    """
     student = step_module.student
     n_blocks = split.n_blocks(recipe.block_size)
     if n_blocks == 0:
@@ -205,6 +225,10 @@ def validate(step_module: DistillStep, teacher: Teacher | None, split, recipe: R
             hidden = student.model(input_ids=inputs).last_hidden_state.reshape(-1, student.config.hidden_size)
             t_hidden = teacher_hidden(teacher, inputs) if teacher is not None else None
         labels = targets.reshape(-1)
+        rows = (labels != IGNORE_INDEX).nonzero().squeeze(1)  # the heads run on target positions only
+        hidden, labels = hidden[rows], labels[rows]
+        if t_hidden is not None:
+            t_hidden = t_hidden[rows]
         for s0 in range(0, hidden.shape[0], chunk):
             s = slice(s0, s0 + chunk)
             s_logp = log_probs(hidden[s] @ student.lm_head.weight.t())
@@ -223,6 +247,7 @@ def validate(step_module: DistillStep, teacher: Teacher | None, split, recipe: R
     if sharded:
         step_module.reshard()
     ce, kl, agree, tokens = (float(x) for x in stats)
+    tokens = max(tokens, 1.0)
     out = {"val_ce": ce / tokens, "val_ppl": math.exp(min(ce / tokens, 50))}
     if teacher is not None:
         out |= {"val_kl": kl / tokens, "val_top1": agree / tokens}
@@ -325,11 +350,11 @@ class MetricsLog:
 
 
 def _open_data(recipe: Recipe):
-    from distill.corpus import TokenCorpus
+    from distill.example_corpus import open_corpus
 
     if not recipe.corpus:
         raise UsageError("the recipe names no corpus: build one with `assistant distill corpus` and set corpus = DIR")
-    corpus = TokenCorpus.open(recipe.corpus)
+    corpus = open_corpus(recipe.corpus)  # a token corpus, or an example corpus (one example per block)
     train = corpus.split("train")
     n_train = train.n_blocks(recipe.block_size)
     if n_train == 0:
@@ -388,7 +413,7 @@ def open_hidden_cache(recipe: Recipe, student, corpus, train_split, n_train: int
     )
 
     def compute(indices: list[int]) -> torch.Tensor:
-        inputs, _ = load_blocks(train_split, indices, recipe.block_size, env.device)
+        inputs, _ = load_blocks(train_split, indices, recipe.block_size, env.device, trim=False)
         with torch.autocast(env.device.type, dtype=env.autocast, enabled=env.autocast is not None):
             return prefix_hidden(student.model, inputs, recipe.freeze_layers)
 
@@ -528,14 +553,16 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
             ce_sum = div_sum = torch.zeros((), dtype=torch.float64, device=env.device)  # no host sync per micro-batch
             for m, ((inputs, labels), idx) in enumerate(zip(micro, batches)):
                 if cache is not None:
-                    target = load_cached_targets(cache, idx, env.device)
+                    target = load_cached_targets(cache, idx, env.device, inputs.shape[1])
                     teacher_chunk = target.__getitem__
                 else:
                     with torch.autocast(env.device.type, dtype=env.autocast, enabled=env.autocast is not None):
                         teacher_chunk = dense_teacher(teacher, inputs)
                 hidden_in = None
                 if hidden_cache is not None:
-                    hidden_in = torch.from_numpy(hidden_cache.batch(idx)).to(env.device)
+                    hidden_in = torch.from_numpy(
+                        np.ascontiguousarray(hidden_cache.batch(idx)[:, : inputs.shape[1]])
+                    ).to(env.device)
                 sync = m == recipe.grad_accum - 1 or env.world == 1 or recipe.fsdp
                 ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else contextlib.nullcontext()
                 with ctx, torch.autocast(env.device.type, dtype=env.autocast, enabled=env.autocast is not None):
@@ -564,6 +591,7 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
                 "loss": (1 - loss_cfg.alpha) * ce + loss_cfg.alpha * loss_cfg.temperature**2 * div,
                 "grad_norm": float(grad_norm),
                 "tokens": tokens_seen,
+                "targets": n_global,  # positions with a loss this step (all of them on a token corpus)
             }
             if step % recipe.log_interval == 0 or step == recipe.max_steps:
                 now = time.perf_counter()

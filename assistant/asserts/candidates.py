@@ -267,7 +267,7 @@ def build_prompt(info: ModuleInfo, focal: Focal, k: int, seeds: Sequence[Candida
         "Reply with one ```python code block that contains only the assert statements, one per line."
     )
     reply = "```python\n" + "".join(f"{c.code}\n" for c in list(seeds)[:3])
-    if focal.is_method:
+    if focal.class_name is not None:  # focal.is_method
         var = instance_name(focal.class_name)
         if not any(line.startswith(f"{var} = ") for line in reply.splitlines()):
             reply += f"{var} = {focal.class_name}(" + ("" if _init_needs_args(focal) else ")\n")

@@ -215,7 +215,7 @@ def _parse(text: str) -> ast.Module | None:
         return None
 
 
-def _source_of(text: str, lines: list[str], node: ast.AST) -> str:
+def _source_of(text: str, lines: list[str], node: ast.stmt) -> str:
     start = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", ()))]) - 1
     return textwrap.dedent("".join(lines[start : node.end_lineno])).rstrip() + "\n"
 
@@ -223,7 +223,7 @@ def _source_of(text: str, lines: list[str], node: ast.AST) -> str:
 def _index_module(path: Path, key: str) -> _Module | None:
     text = _read(path)
     tree = _parse(text) if text is not None else None
-    if tree is None:
+    if text is None or tree is None:
         return None
     lines = text.splitlines(keepends=True)
     functions: dict[str, str] = {}
@@ -300,7 +300,7 @@ def _scope(tree: ast.Module, path: Path, modules: _Modules) -> _Scope:
 
 
 def _dotted(node: ast.AST) -> list[str] | None:
-    parts = []
+    parts: list[str] = []
     while isinstance(node, ast.Attribute):
         parts.insert(0, node.attr)
         node = node.value
@@ -390,13 +390,17 @@ def _resolve_call(
             return None
     if built is not None:
         mod = modules.load(built[0])
+        if mod is None:
+            return None
         qual = f"{built[1]}.{func.attr}"
-        src = (mod.methods.get(func.attr, {}) if mod else {}).get(qual)
+        src = mod.methods.get(func.attr, {}).get(qual)
         return (mod.key, qual, src) if src else None
     owners = []
     for path in scope.searched:  # obj.method(...): a method of a class in an imported module
         mod = modules.load(path)
-        for qual, src in (mod.methods.get(func.attr, {}) if mod else {}).items():
+        if mod is None:
+            continue
+        for qual, src in mod.methods.get(func.attr, {}).items():
             owners.append((mod.key, qual, src))
     if len({o[1] for o in owners}) == 1:
         return owners[0]
@@ -445,7 +449,7 @@ def mine_file(
     """(name, focal key, focal name, focal source, prefix, assertion) for each usable test method."""
     text = _read(path)
     tree = _parse(text) if text is not None else None
-    if tree is None:
+    if text is None or tree is None:
         stats.skipped["unreadable test file"] += 1
         return []
     lines = text.splitlines(keepends=True)
@@ -483,7 +487,9 @@ def _mine_method(method: ast.FunctionDef, lines: list[str], scope: _Scope, modul
             continue
         assertion = ast.unparse(stmt)
         start = min([method.lineno, *(d.lineno for d in method.decorator_list)]) - 1
-        indent = re.match(r"[ \t]*", lines[stmt.lineno - 1]).group(0)
+        blank = re.match(r"[ \t]*", lines[stmt.lineno - 1])
+        assert blank is not None  # [ \t]* matches at the start of every string
+        indent = blank.group(0)
         raw = "".join(lines[start : stmt.lineno - 1]) + indent + PLACEHOLDER + "\n"
         prefix = textwrap.dedent(raw)
         if len(assertion) > MAX_ASSERT_CHARS or "\n" in assertion:
@@ -608,7 +614,7 @@ def load_split(directory: Path, split: str = "test", limit: int | None = None) -
             f"{directory} holds no assertion dataset (manifest.json and {split}.jsonl)",
             hint="build one with `python -m assistant.asserts.dataset DIR`, or leave out --dataset",
         )
-    out = []
+    out: list[Example] = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if limit is not None and len(out) >= limit:

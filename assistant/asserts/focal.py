@@ -148,7 +148,7 @@ def _focal(source: str, node: ast.FunctionDef, class_name: str | None, context: 
     )
 
 
-def _segment(source: str, node: ast.AST) -> str:
+def _segment(source: str, node: ast.stmt) -> str:
     """The node's source with its decorators, dedented to column 0."""
     import textwrap
 

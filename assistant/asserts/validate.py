@@ -198,6 +198,8 @@ for _code, _probe in {cases!r}:
 def probe_code(c: Candidate) -> str | None:
     """``assert a == b`` rewritten to keep ``a``'s value, so a failure can say what came back."""
     node = ast.parse(c.test).body[0]
+    if not isinstance(node, ast.Assert):
+        return None
     t = node.test
     if isinstance(t, ast.Compare) and len(t.ops) == 1 and isinstance(t.ops[0], ast.Eq):
         lines = [

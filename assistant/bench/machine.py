@@ -143,6 +143,7 @@ def machine_record(n_bytes: int, reps: int) -> dict:
     import llama_cpp
 
     info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
+    affinity: int | None
     try:
         affinity = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -170,7 +170,8 @@ def disturbed_lines(run: BenchRun) -> list[str]:
 def error_lines(run: BenchRun) -> list[str]:
     """Each failing model's message once (a row per setting would repeat it)."""
     seen: dict[str, str] = {}
-    for r in [*run.rows, *run.prompt_cache]:
+    rows: list[BenchRow | CacheRow] = [*run.rows, *run.prompt_cache]
+    for r in rows:
         if r.status != "ok" and r.model not in seen:
             seen[r.model] = f"{r.model}: {r.error}"
     return list(seen.values())

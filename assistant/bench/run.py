@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -91,7 +92,7 @@ def run_bench(cfg: BenchConfig, on_progress: Progress | None = None, cache: Hash
         for n_threads in threads:
             t0 = time.perf_counter()
             if target.model is None:
-                result = {"status": "error", "error": target.error}
+                result: dict = {"status": "error", "error": target.error}
             else:
                 spec = {
                     "path": str(target.model.path),
@@ -106,7 +107,7 @@ def run_bench(cfg: BenchConfig, on_progress: Progress | None = None, cache: Hash
                     "files": files,
                 }
                 say(f"{target.name}: {n_threads} thread(s) ...")
-                result, others = measure_others(lambda spec=spec: _subprocess(["--worker"], spec, cfg.timeout_s))
+                result, others = measure_others(partial(_subprocess, ["--worker"], spec, cfg.timeout_s))
                 result = {**result, "other_load_cores": others}
             new_rows, cache_row = summarize(target, n_threads, cfg, result, bandwidth)
             rows += new_rows

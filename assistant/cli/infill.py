@@ -78,6 +78,7 @@ def infill(
                         "tokens": len(p.tokens),
                         "prefix_tokens": p.prefix_tokens,
                         "suffix_tokens": p.suffix_tokens,
+                        "line_tokens": p.line_tokens,
                         "prefix_trimmed": p.prefix_trimmed,
                         "suffix_trimmed": p.suffix_trimmed,
                         "extra_files": list(p.extra_files),

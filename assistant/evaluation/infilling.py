@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import random
-import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from assistant.errors import UsageError
 from assistant.evaluation.humaneval import Problem, hidden_test_program
@@ -89,15 +89,60 @@ def fill(task: InfillTask, middle: str) -> str:
     return task.prefix + middle + task.suffix
 
 
+CHAT_SLACK = 64  # chat-route tokens beyond the gap and the code around it (fences, a sentence)
+CONTEXT_LINES = 3  # lines of prefix (suffix) a reply must repeat to count as repeating the file
+
+
+def _find(keys: list[str], window: list[str], start: int = 0) -> int:
+    """Index of the first run of ``window`` in ``keys`` at or after ``start``, else -1."""
+    n = len(window)
+    for i in range(start, len(keys) - n + 1):
+        if keys[i : i + n] == window:
+            return i
+    return -1
+
+
+def _solid(text: str) -> list[str]:
+    return [k for k in (line.strip() for line in text.splitlines()) if k]
+
+
+def between_context(task: InfillTask, code: str) -> str:
+    """The lines of a reply that fill the gap, when the model repeated the code around it.
+
+    Instruct models often answer with the whole function instead of the missing lines: the
+    gap's lines are then the ones after the prefix's last lines and before the suffix's first
+    (non-blank lines, compared stripped). A reply that repeats neither is the middle as it is.
+    """
+    lines = [line for line in code.splitlines(keepends=True) if MARKER not in line]
+    solid = [i for i, line in enumerate(lines) if line.strip()]  # reply line index of each non-blank line
+    keys = [lines[i].strip() for i in solid]
+    pre, suf = _solid(task.prefix)[-CONTEXT_LINES:], _solid(task.suffix)[:CONTEXT_LINES]
+    first = _find(keys, pre) if pre else -1
+    first = first + len(pre) if first >= 0 else 0
+    last = _find(keys, suf, first) if suf else -1
+    start = solid[first - 1] + 1 if first > 0 else 0
+    end = solid[last] if last >= 0 else len(lines)
+    return "".join(lines[start:end])
+
+
 def chat_middle(task: InfillTask, answer: str) -> str:
-    """The missing lines from a chat answer: its first code block, re-indented to the gap."""
+    """The missing lines from a chat answer: its first code block, without repeated context, re-indented to the gap."""
     blocks = [m.group(2) for m in FENCE_RE.finditer(answer)]
     code = blocks[0] if blocks else answer
-    code = code.strip("\n")
+    code = between_context(task, code).strip("\n")
     if not code.strip():
         return ""
-    body = textwrap.dedent(code)
-    return "".join(task.indent + line if line.strip() else line for line in body.splitlines(keepends=True)) + "\n"
+    return reindent(code, len(task.indent)) + "\n"
+
+
+def reindent(code: str, width: int) -> str:
+    """Shift every line so that the first non-blank one starts at column ``width`` (relative nesting kept)."""
+    lines = code.expandtabs(4).splitlines(keepends=True)
+    first = next(line for line in lines if line.strip())
+    shift = width - (len(first) - len(first.lstrip()))
+    return "".join(
+        " " * max(0, len(line) - len(line.lstrip()) + shift) + line.lstrip() if line.strip() else line for line in lines
+    )
 
 
 def chat_request(task: InfillTask) -> str:
@@ -116,6 +161,7 @@ class TaskResult:
     finish_reason: str
     generated_tokens: int
     seconds: float
+    reply: str = ""  # the model's text as generated (the chat route's middle is cut out of it)
 
 
 @dataclass
@@ -151,6 +197,28 @@ class InfillConfig:
 
 
 RunPrograms = Callable[[list[str], float], list]
+BATCH = 16  # tasks generated, then scored and saved together: a stopped run loses at most one batch
+
+
+def identity(model_sha256: str, cfg: InfillConfig) -> dict:
+    """What a saved row depends on: a rerun resumes only when all of it is the same."""
+    keep = ("per_problem", "seed", "max_tokens_single", "max_tokens_multi", "timeout_s")
+    return {"model_sha256": model_sha256, **{k: getattr(cfg, k) for k in keep}}
+
+
+def load_done(out: Path, ident: dict) -> list[TaskResult]:
+    """Rows of an earlier run of the same identity in ``out`` (none when the identity differs)."""
+    try:
+        saved = json.loads((out / "run.json").read_text())
+        lines = (out / "results.jsonl").read_text().splitlines()
+    except (OSError, ValueError):
+        return []
+    if saved != ident:
+        raise UsageError(
+            f"{out} holds an infilling run with other settings or another model ({out / 'run.json'})",
+            hint="pass another --out, or delete that directory to start again",
+        )
+    return [TaskResult(**json.loads(line)) for line in lines if line.strip()]
 
 
 def run_infilling(
@@ -161,7 +229,11 @@ def run_infilling(
     out: Path,
     on_task: Callable[[TaskResult], None] | None = None,
 ) -> InfillSummary:
-    """Generate and score every task for each kind and route; writes results.jsonl and summary.json."""
+    """Generate and score every task for each kind and route; writes results.jsonl and summary.json.
+
+    Rows are saved after every batch; a rerun with the same model and settings skips the tasks
+    already scored, so a long run can stop and resume.
+    """
     from assistant.atomic import atomic_write_text
     from assistant.runtime.engine import Sampling
     from assistant.runtime.fim import InfillRequest, infill, require_fim
@@ -169,48 +241,65 @@ def run_infilling(
     cfg.validate()
     fim = require_fim(engine) if "fim" in cfg.routes else None
     by_id = {p.task_id: p for p in problems}
-    rows: list[TaskResult] = []
+    ident = identity(engine.model.sha256, cfg)
+    rows = load_done(out, ident)
+    done = {(r.task_id, r.route) for r in rows}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "run.json", json.dumps(ident, indent=2) + "\n")
+
+    def generate(task: InfillTask, kind: str, route: str) -> tuple[str, Any]:
+        budget = cfg.max_tokens_single if kind == "single" else cfg.max_tokens_multi
+        # single-line tasks end at the first newline, as in the bigcode harness and editors' one-line mode
+        stops = ("\n",) if kind == "single" else ()
+        if route == "fim":
+            sampling = Sampling(max_tokens=budget, temperature=0.0, seed=cfg.seed, stop=stops)
+            r = infill(engine, InfillRequest(task.prefix, task.suffix), sampling, fim=fim)
+            return r.text, r.generation
+        prompt = engine.render(Request(chat_request(task)), style="chat", system=None)
+        # room to repeat the code around the gap, which instruct models often do despite the instruction
+        room = budget + len(engine.tokenize(task.prefix + task.suffix)) + CHAT_SLACK
+        gen = engine.generate(prompt, Sampling(max_tokens=room, temperature=0.0, seed=cfg.seed, stop=engine.model.stop))
+        middle = chat_middle(task, gen.text)
+        if kind == "single":
+            middle = middle.split("\n", 1)[0] + "\n" if middle.strip() else middle
+        return middle, gen
+
     for kind in cfg.kinds:
         tasks = build_tasks(problems, kind, cfg.per_problem, cfg.seed)[: cfg.limit]
-        budget = cfg.max_tokens_single if kind == "single" else cfg.max_tokens_multi
         for route in cfg.routes:
-            programs, partial = [], []
-            for task in tasks:
-                t0 = time.perf_counter()
-                # single-line tasks end at the first newline, as in the bigcode harness and editors' one-line mode
-                stops = ("\n",) if kind == "single" else ()
-                sampling = Sampling(max_tokens=budget, temperature=0.0, seed=cfg.seed, stop=stops)
-                if route == "fim":
-                    r = infill(engine, InfillRequest(task.prefix, task.suffix), sampling, fim=fim)
-                    gen, middle = r.generation, r.text
-                else:
-                    prompt = engine.render(Request(chat_request(task)), style="chat", system=None)
-                    gen = engine.generate(
-                        prompt, Sampling(max_tokens=budget + 64, temperature=0.0, seed=cfg.seed, stop=engine.model.stop)
+            todo = [t for t in tasks if (t.task_id, route) not in done]
+            for start in range(0, len(todo), BATCH):
+                programs, partial = [], []
+                for task in todo[start : start + BATCH]:
+                    t0 = time.perf_counter()
+                    middle, gen = generate(task, kind, route)
+                    programs.append(hidden_test_program(by_id[task.problem_id], fill(task, middle)))
+                    partial.append((task, middle, gen, time.perf_counter() - t0))
+                outcomes = run_programs(programs, cfg.timeout_s)
+                for (task, middle, gen, secs), res in zip(partial, outcomes, strict=True):
+                    row = TaskResult(
+                        task.task_id,
+                        kind,
+                        route,
+                        bool(res.passed),
+                        res.outcome.value,
+                        middle,
+                        gen.finish_reason,
+                        gen.timings.generated_tokens,
+                        secs,
+                        gen.text,
                     )
-                    middle = chat_middle(task, gen.text)
-                    if kind == "single":
-                        middle = middle.split("\n", 1)[0] + "\n" if middle.strip() else middle
-                programs.append(hidden_test_program(by_id[task.problem_id], fill(task, middle)))
-                partial.append((task, route, middle, gen, time.perf_counter() - t0))
-            outcomes = run_programs(programs, cfg.timeout_s)
-            for (task, route_, middle, gen, secs), res in zip(partial, outcomes, strict=True):
-                row = TaskResult(
-                    task.task_id,
-                    kind,
-                    route_,
-                    bool(res.passed),
-                    res.outcome.value,
-                    middle,
-                    gen.finish_reason,
-                    gen.timings.generated_tokens,
-                    secs,
-                )
-                rows.append(row)
-                if on_task:
-                    on_task(row)
-            out.mkdir(parents=True, exist_ok=True)  # after each batch: a long run that stops keeps what it scored
-            atomic_write_text(out / "results.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in rows))
+                    rows.append(row)
+                    if on_task:
+                        on_task(row)
+                atomic_write_text(out / "results.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in rows))
+    wanted = {
+        (t.task_id, route)
+        for kind in cfg.kinds
+        for t in build_tasks(problems, kind, cfg.per_problem, cfg.seed)[: cfg.limit]
+        for route in cfg.routes
+    }
+    rows = [r for r in rows if (r.task_id, r.route) in wanted]
     summary = InfillSummary(engine.model.name, engine.model.sha256)
     for kind in cfg.kinds:
         for route in cfg.routes:
@@ -222,7 +311,5 @@ def run_infilling(
                     "pass@1": sum(r.passed for r in mine) / len(mine),
                     "mean_seconds": sum(r.seconds for r in mine) / len(mine),
                 }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.jsonl", "".join(json.dumps(asdict(r)) + "\n" for r in rows))
     atomic_write_text(out / "summary.json", json.dumps({**summary.to_dict(), "config": asdict(cfg)}, indent=2) + "\n")
     return summary

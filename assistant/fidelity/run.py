@@ -306,7 +306,7 @@ def run_fidelity(
     variants, skips = task.variants(cfg.relations, cfg.seed)
     if variants_ready:
         variants_ready(len(variants))
-    done: list[tuple[Variant, tuple, tuple, DistStats | None]] = []
+    done: list[tuple[Variant, tuple[str, int, str], tuple[str, int, str], DistStats | None]] = []
     failed_items: set[str] = set()
     for i, v in enumerate(variants):
         if v.item_id in failed_items:

@@ -16,7 +16,10 @@ import contextlib
 import hashlib
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Generator, Iterator
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from assistant.runtime.engine import Engine
 
@@ -72,7 +75,7 @@ def recording(engine: Engine) -> Iterator[list[int]]:
         del llm.generate  # the class's method shows through again
 
 
-def _logit_rows(engine: Engine, prefix: list[int], continuation: list[int]) -> Iterator:
+def _logit_rows(engine: Engine, prefix: list[int], continuation: list[int]) -> Generator[np.ndarray, None, None]:
     """Chunks of logit rows: row j predicts ``continuation[j]`` after ``prefix + continuation[:j]``."""
     import numpy as np
 

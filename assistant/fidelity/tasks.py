@@ -255,6 +255,12 @@ def hidden_asserts(problem: Problem, entry_point: str) -> list[str]:
     return out
 
 
+def _problem_of(variant: Variant) -> Problem:
+    """A completion variant's problem: ``CompletionTask.variants`` gives every variant one."""
+    assert variant.problem is not None, f"{variant.item_id}: a completion variant without its problem"
+    return variant.problem
+
+
 @dataclass
 class CompletionTask:
     """HumanEval-schema problems; the models complete (or, in chat, rewrite) the function."""
@@ -306,7 +312,8 @@ class CompletionTask:
         return variants, skips
 
     def request(self, variant: Variant, style: str) -> str:
-        return chat_request(variant.problem) if style == "chat" else variant.problem.prompt
+        problem = _problem_of(variant)
+        return chat_request(problem) if style == "chat" else problem.prompt
 
     def stops(self, style: str) -> tuple[str, ...]:
         from assistant.evaluation.run import COMPLETION_STOPS
@@ -318,14 +325,15 @@ class CompletionTask:
         jobs: list[tuple[int, str, str, int]] = []  # (index, hidden-test program, harness program, n asserts)
         solutions = []
         for i, (v, raw) in enumerate(zip(variants, outputs)):
-            sol = sanitize(v.problem, raw, style)
+            problem = _problem_of(v)
+            sol = sanitize(problem, raw, style)
             solutions.append(sol)
             if not sol.problem:
-                asserts = hidden_asserts(v.problem, v.problem.entry_point)
+                asserts = hidden_asserts(problem, problem.entry_point)
                 jobs.append(
                     (
                         i,
-                        hidden_test_program(v.problem, sol.code),
+                        hidden_test_program(problem, sol.code),
                         harness_program(sol.code, asserts, marker),
                         len(asserts),
                     )

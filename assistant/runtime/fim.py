@@ -7,6 +7,10 @@ contain ``<|fim_prefix|>`` cannot inject control tokens. Prefix and suffix are t
 the context the way editors expect: the prefix loses lines at the top, the suffix at the
 bottom, the prefix keeps about three quarters of the room; other files (the repository
 form) only fill what is left.
+
+The cursor's own line, up to the cursor, goes after the middle token as the start of the
+middle (llama.cpp's ``/infill`` does the same with its ``prompt`` field): a keystroke then
+changes only the last few tokens, so the KV cache keeps the whole prefix and suffix.
 """
 
 from __future__ import annotations
@@ -192,6 +196,7 @@ class FimPrompt:
     tokens: list[int]
     prefix_tokens: int
     suffix_tokens: int
+    line_tokens: int  # the cursor line's text before the cursor, placed after the middle token
     extra_files: tuple[str, ...]  # names of the files that made it in
     dropped_files: tuple[str, ...]
     prefix_trimmed: bool
@@ -215,6 +220,7 @@ class FimPrompt:
 
 
 MIN_ROOM = 16
+LINE_SHARE = 4  # a cursor line longer than 1/LINE_SHARE of the room stays in the prefix
 
 
 def _trim_prefix(tokens: list[int], keep: int, tokenize: Tokenize, detokenize: Detokenize) -> list[int]:
@@ -249,20 +255,25 @@ def build_prompt(
     fim: FimTokens, request: InfillRequest, room: int, tokenize: Tokenize, detokenize: Detokenize
 ) -> FimPrompt:
     """Token ids of the FIM prompt in at most ``room`` tokens (prefix-suffix-middle order)."""
-    head = [fim.bos] if fim.bos is not None else []
+    bos = [fim.bos] if fim.bos is not None else []
     use_repo = bool(request.extra) and fim.file_sep is not None
     current: list[int] = []
     if use_repo:
         assert fim.file_sep is not None
         current = [fim.file_sep, *tokenize((request.filename or "filename") + "\n")]
-    fixed = len(head) + 3 + len(current)
+    fixed = len(bos) + 3 + len(current)
     avail = room - fixed
     if avail < MIN_ROOM:
         raise AssistantError(
             f"the context leaves {room} tokens for the infill prompt, too few for any code",
             hint="lower max_tokens or raise the context (--ctx)",
         )
-    pre = tokenize(request.prefix) if request.prefix else []
+    above, nl, head = request.prefix.rpartition("\n")
+    line = tokenize(head) if head else []
+    if len(line) > avail // LINE_SHARE:
+        line, above, nl = [], request.prefix, ""
+    avail -= len(line)
+    pre = tokenize(above + nl) if above or nl else []
     suf = tokenize(request.suffix) if request.suffix else []
     if len(pre) + len(suf) > avail:
         suf_keep = min(len(suf), max(avail // 4, avail - len(pre)))
@@ -293,9 +304,16 @@ def build_prompt(
     else:
         extra_tokens = []
         dropped = [f.name for f in request.extra]
-    tokens = [*head, *extra_tokens, *current, fim.prefix, *pre, fim.suffix, *suf, fim.middle]
+    tokens = [*bos, *extra_tokens, *current, fim.prefix, *pre, fim.suffix, *suf, fim.middle, *line]
     return FimPrompt(
-        tokens, len(pre), len(suf), tuple(n for n, _ in kept), tuple(reversed(dropped)), pre_trimmed, suf_trimmed
+        tokens,
+        len(pre),
+        len(suf),
+        len(line),
+        tuple(n for n, _ in kept),
+        tuple(reversed(dropped)),
+        pre_trimmed,
+        suf_trimmed,
     )
 
 
@@ -320,6 +338,46 @@ class InfillResult:
     family: str
 
 
+def block_indent(request: InfillRequest) -> int:
+    """Indentation of the code around the cursor: the next non-blank suffix line's, else the last prefix line's."""
+    after = request.suffix.split("\n")
+    if request.prefix and not request.prefix.endswith("\n"):
+        after = after[1:]  # the rest of the cursor's line starts mid-line: its indentation says nothing
+    for line in [*after, *request.prefix.split("\n")[::-1]]:
+        if line.strip():
+            return len(line) - len(line.lstrip())
+    return 0
+
+
+class TopLevelStop:
+    """Ends an infill made inside an indented block at the first line that starts at column 0.
+
+    Such a line cannot belong to the gap (instruct models go on with a new ``def`` or a test
+    call after the body). Text is passed on as it comes, except trailing newlines, which are
+    held until the next character shows whether a top-level line follows.
+    """
+
+    def __init__(self) -> None:
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        buf = self.pending + text
+        for i, ch in enumerate(buf):
+            if ch == "\n" and i + 1 < len(buf) and not buf[i + 1].isspace():
+                self.stopped, self.pending = True, ""
+                return buf[: i + 1]
+        kept = buf.rstrip("\n")
+        self.pending = buf[len(kept) :]
+        return kept
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
 def infill(
     engine: Engine,
     request: InfillRequest,
@@ -338,14 +396,28 @@ def infill(
     stops = tuple(sampling.stop) + ((echo,) if echo else ())
     if "```" not in request.prefix and "```" not in request.suffix:
         stops += ("\n```",)  # an instruct model closing a chat code block: not part of a source file
+    top = TopLevelStop() if block_indent(request) > 0 else None
+    pieces: list[str] = []
+
+    def emit(text: str) -> None:
+        if text:
+            pieces.append(text)
+            if on_text:
+                on_text(text)
+
     gen = engine.generate(
         prompt.text(fim, detokenize),
         replace(sampling, max_tokens=max_tokens, stop=stops),
-        on_text,
+        (lambda text: emit(top.feed(text))) if top else on_text,
         tokens=prompt.tokens,
-        cancel=cancel,
+        cancel=(lambda: top.stopped or bool(cancel and cancel())) if top else cancel,
         stop_tokens=fim.ends,
     )
+    if top:
+        emit(top.flush())
+        if top.stopped and gen.finish_reason == "cancelled":
+            gen = replace(gen, finish_reason="stop")
+        gen = replace(gen, text="".join(pieces))
     return InfillResult(gen.text, gen, prompt, fim.family)
 
 

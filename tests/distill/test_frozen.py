@@ -16,6 +16,7 @@ pytest.importorskip("transformers")
 from assistant.errors import UsageError  # noqa: E402
 from distill.frozen import HiddenCacheError, prefix_hidden, run_layers  # noqa: E402
 from distill.recipe import Recipe  # noqa: E402
+from tests.distill.helpers import tiny_recipe, weights  # noqa: E402
 from tests.tiny_llama import TinyLlamaSpec, tiny_llama_config  # noqa: E402
 from tests.tiny_qwen2 import TinyQwen2Spec, build_tiny_qwen2, cached_tiny_qwen2_tokenizer, random_qwen2  # noqa: E402
 
@@ -52,34 +53,8 @@ def world(tmp_path_factory):
 
 
 def _recipe(world, out: Path, **changes) -> Recipe:
-    base = dict(
-        teacher=world["teacher"],
-        corpus=world["corpus"],
-        out=str(out),
-        student={"layers": 3},
-        freeze_layers=2,
-        block_size=32,
-        micro_batch=2,
-        grad_accum=1,
-        max_steps=4,
-        warmup_steps=1,
-        lr=3e-3,
-        min_lr=3e-4,
-        eval_interval=4,
-        eval_blocks=2,
-        log_interval=1,
-        ckpt_interval=2,
-        chunk_size=16,
-        train_blocks=6,
-    )
-    base.update(changes)
-    return Recipe.from_dict(base)
-
-
-def _weights(student_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(student_dir / "model.safetensors"))
+    base = dict(student={"layers": 3}, freeze_layers=2, grad_accum=1, eval_interval=4, eval_blocks=2, train_blocks=6)
+    return tiny_recipe(world, out, **{**base, **changes})
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
@@ -107,13 +82,13 @@ def test_frozen_layers_stay_fixed_and_the_cache_reaches_the_same_weights(world, 
     plain = train(_recipe(world, tmp_path / "plain", freeze_layers=0))
     frozen = train(_recipe(world, tmp_path / "frozen"))
     cached = train(_recipe(world, tmp_path / "cached", hidden_cache=str(tmp_path / "hc")))
-    init = _weights(
+    init = weights(
         train(_recipe(world, tmp_path / "zero", max_steps=1, lr=1e-12, min_lr=1e-12, warmup_steps=0)).student_dir
     )
     w_plain, w_frozen, w_cached = (
-        _weights(plain.student_dir),
-        _weights(frozen.student_dir),
-        _weights(cached.student_dir),
+        weights(plain.student_dir),
+        weights(frozen.student_dir),
+        weights(cached.student_dir),
     )
     lower = [k for k in w_frozen if k.startswith(("model.embed_tokens", "model.layers.0.", "model.layers.1."))]
     upper = [k for k in w_frozen if k.startswith("model.layers.2.")]
@@ -139,7 +114,7 @@ def test_a_killed_run_with_the_hidden_cache_resumes_to_the_same_weights(world, t
     assert stopped.stopped_early and stopped.steps == 2
     resumed = train(recipe)
     assert resumed.steps == 4
-    a, b = _weights(whole.student_dir), _weights(resumed.student_dir)
+    a, b = weights(whole.student_dir), weights(resumed.student_dir)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 

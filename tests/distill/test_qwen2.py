@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 
 from assistant.errors import UsageError  # noqa: E402
 from distill.models import StudentSpec, build_student, check_pair, count_parameters, load_teacher  # noqa: E402
-from distill.recipe import Recipe  # noqa: E402
+from tests.distill.helpers import tiny_recipe  # noqa: E402
 from tests.tiny_llama import TinyLlamaSpec, build_tiny_llama  # noqa: E402
 from tests.tiny_qwen2 import TinyQwen2Spec, build_tiny_qwen2, cached_tiny_qwen2_tokenizer  # noqa: E402
 
@@ -128,25 +128,16 @@ def test_a_short_qwen2_run_exports_and_llama_cpp_reproduces_the_student(world, t
     from export.pipeline import GgufRequest, LockTarget, export_gguf
     from export.verify import llama_greedy, torch_greedy
 
-    recipe = Recipe.from_dict(
-        dict(
-            teacher=world["teacher"],
-            corpus=world["corpus"],
-            out=str(tmp_path / "run"),
-            student={"layers": 2},
-            block_size=32,
-            micro_batch=2,
-            grad_accum=1,
-            max_steps=3,
-            warmup_steps=1,
-            lr=1e-3,
-            min_lr=1e-4,
-            eval_interval=3,
-            eval_blocks=2,
-            log_interval=1,
-            ckpt_interval=3,
-            chunk_size=16,
-        )
+    recipe = tiny_recipe(
+        world,
+        tmp_path / "run",
+        grad_accum=1,
+        max_steps=3,
+        lr=1e-3,
+        min_lr=1e-4,
+        eval_interval=3,
+        eval_blocks=2,
+        ckpt_interval=3,
     )
     result = train(recipe)
     assert result.steps == 3 and result.final["val_ce"] > 0

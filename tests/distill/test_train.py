@@ -19,6 +19,7 @@ pytest.importorskip("transformers")
 from assistant.errors import AssistantError, UsageError  # noqa: E402
 from distill.models import StudentSpec, build_student, count_parameters, load_teacher  # noqa: E402
 from distill.recipe import Recipe, apply_overrides, load_recipe  # noqa: E402
+from tests.distill.helpers import tiny_recipe, weights  # noqa: E402
 from tests.tiny_llama import TinyLlamaSpec, build_tiny_llama, cached_smollm2_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,32 +63,17 @@ def world(tmp_path_factory):
 
 
 def _recipe(world, out: Path, **changes) -> Recipe:
-    base = dict(
-        teacher=world["teacher"],
-        corpus=world["corpus"],
-        out=str(out),
-        student={"layers": 2, "hidden": 64, "seed": 0},
-        block_size=32,
-        micro_batch=2,
-        grad_accum=2,
-        max_steps=6,
-        warmup_steps=2,
-        lr=3e-3,
-        min_lr=3e-4,
-        eval_interval=3,
-        eval_blocks=4,
-        log_interval=1,
-        ckpt_interval=2,
-        chunk_size=16,
+    return tiny_recipe(
+        world,
+        out,
+        **{
+            "student": {"layers": 2, "hidden": 64, "seed": 0},
+            "max_steps": 6,
+            "warmup_steps": 2,
+            "eval_interval": 3,
+            **changes,
+        },
     )
-    base.update(changes)
-    return Recipe.from_dict(base)
-
-
-def _weights(student_dir: Path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(student_dir / "model.safetensors"))
 
 
 def _assert_same_weights(a: dict, b: dict, atol: float = 0.0) -> None:
@@ -129,7 +115,7 @@ def test_killed_and_resumed_run_reaches_the_same_weights(world, tmp_path):
     assert not (tmp_path / "resumed" / "student").exists()
     second = train(_recipe(world, tmp_path / "resumed"))
     assert second.steps == 6
-    _assert_same_weights(_weights(straight.student_dir), _weights(second.student_dir))
+    _assert_same_weights(weights(straight.student_dir), weights(second.student_dir))
     steps = [
         json.loads(line)["step"]
         for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
@@ -228,9 +214,9 @@ def test_two_process_run_matches_one_process_with_the_same_global_batch(world, t
     prov = json.loads((tmp_path / "ddp" / "student" / "provenance.json").read_text())
     assert prov["world_size"] == 2
     # Adam divides by sqrt(v): float-summation noise on near-zero embedding gradients grows to ~1e-5
-    _assert_same_weights(_weights(single.student_dir), _weights(tmp_path / "ddp" / "student"), atol=2e-5)
+    _assert_same_weights(weights(single.student_dir), weights(tmp_path / "ddp" / "student"), atol=2e-5)
     other = train(_recipe(world, tmp_path / "other", micro_batch=2, grad_accum=1, max_steps=4, seed=1))
-    a, b = _weights(single.student_dir), _weights(other.student_dir)
+    a, b = weights(single.student_dir), weights(other.student_dir)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) > 1e-3  # other data: the tolerance is meaningful
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from assistant.evaluation.humaneval import hidden_test_program, load_problems
-from assistant.evaluation.infilling import build_tasks, chat_middle, chat_request, fill, spans
+from assistant.evaluation.infilling import MARKER, build_tasks, chat_middle, chat_request, fill, spans
 from assistant.sandbox.limits import Limits
 from assistant.sandbox.pool import run_many
 
@@ -38,6 +38,15 @@ def test_chat_answer_is_reindented_to_the_gap():
     assert got == task.middle
 
 
+def test_a_chat_answer_that_repeats_the_function_gives_only_the_gap():
+    for kind in ("single", "multi"):
+        for task in build_tasks(load_problems()[:20], kind):
+            whole = task.prefix + task.middle + task.suffix
+            assert chat_middle(task, "Sure:\n```python\n" + whole + "```\nDone.") == task.middle, task.task_id
+            marked = task.prefix + task.indent + MARKER + "\n" + task.suffix  # repeated without filling
+            assert chat_middle(task, "```python\n" + marked + "```") == ""
+
+
 @pytest.mark.slow
 def test_chat_route_run_writes_results(engine, tmp_path):
     from assistant.evaluation.infilling import InfillConfig, run_infilling
@@ -48,3 +57,25 @@ def test_chat_route_run_writes_results(engine, tmp_path):
     assert stats["tasks"] == 2 and 0 <= stats["passed"] <= 2
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
     assert (tmp_path / "summary.json").is_file()
+
+
+def test_a_rerun_resumes_and_other_settings_are_refused(engine, tmp_path):
+    from assistant.errors import UsageError
+    from assistant.evaluation.infilling import InfillConfig, run_infilling
+
+    calls: list[int] = []
+
+    def run(ps, t):
+        calls.append(len(ps))
+        return run_many(ps, Limits(timeout_s=t))
+
+    problems = load_problems()[:3]
+    first = InfillConfig(kinds=("single",), routes=("chat",), limit=2, max_tokens_single=8)
+    run_infilling(engine, problems, first, run, tmp_path)
+    more = InfillConfig(kinds=("single",), routes=("chat",), limit=3, max_tokens_single=8)
+    summary = run_infilling(engine, problems, more, run, tmp_path)
+    assert calls == [2, 1]  # only the new task was generated and scored
+    assert summary.results["single"]["chat"]["tasks"] == 3
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3
+    with pytest.raises(UsageError, match="other settings"):
+        run_infilling(engine, problems, InfillConfig(kinds=("single",), routes=("chat",), seed=1), run, tmp_path)

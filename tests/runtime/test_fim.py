@@ -11,6 +11,8 @@ from assistant.runtime.fim import (
     ExtraFile,
     FimUnsupported,
     InfillRequest,
+    TopLevelStop,
+    block_indent,
     build_prompt,
     engine_codec,
     fim_tokens,
@@ -52,8 +54,22 @@ def test_family_lookup_by_text():
 
 def test_prompt_order_and_no_trimming_when_it_fits():
     p = build_prompt(FIM, InfillRequest("def f():\n    ", "\nprint(f())\n"), 200, tok, detok)
-    assert p.tokens == [1, *tok("def f():\n    "), 2, *tok("\nprint(f())\n"), 3]
+    assert p.tokens == [1, *tok("def f():\n"), 2, *tok("\nprint(f())\n"), 3, *tok("    ")]
+    assert (p.prefix_tokens, p.line_tokens) == (len(tok("def f():\n")), 4)
     assert not p.prefix_trimmed and not p.suffix_trimmed
+
+
+def test_a_keystroke_changes_only_the_tokens_after_the_middle():
+    """The cursor line goes after <|fim_middle|>, so typing keeps the cached prefix and suffix."""
+    before = build_prompt(FIM, InfillRequest("x = 1\nif x", ":\n    pass\n"), 200, tok, detok)
+    after = build_prompt(FIM, InfillRequest("x = 1\nif x ", ":\n    pass\n"), 200, tok, detok)
+    shared = before.tokens.index(3) + 1
+    assert after.tokens[:shared] == before.tokens[:shared] and after.tokens[shared:] == tok("if x ")
+
+
+def test_a_very_long_cursor_line_stays_in_the_prefix():
+    p = build_prompt(FIM, InfillRequest("a\n" + "z" * 100, "\n"), 120, tok, detok)
+    assert p.line_tokens == 0 and p.tokens[-1] == 3 and p.prefix_tokens == 102
 
 
 def test_trimming_keeps_the_lines_near_the_cursor():
@@ -64,8 +80,9 @@ def test_trimming_keeps_the_lines_near_the_cursor():
     assert len(p.tokens) <= room and p.prefix_trimmed and p.suffix_trimmed
     text = detok([t for t in p.tokens if t >= 1000])
     pre_text = detok(p.tokens[1 : 1 + p.prefix_tokens])
-    suf_text = detok(p.tokens[2 + p.prefix_tokens : -1])
-    assert pre_text.endswith("line99\n    x = ") and pre_text.startswith("line")  # whole lines from the top
+    suf_text = detok(p.tokens[2 + p.prefix_tokens : -1 - p.line_tokens])
+    assert pre_text.endswith("line99\n") and pre_text.startswith("line")
+    assert detok(p.tokens[-p.line_tokens :]) == "    x = "  # whole lines from the top
     assert suf_text.startswith("after0\n") and suf_text.endswith("\n")  # whole lines at the bottom
     assert p.prefix_tokens >= 2 * p.suffix_tokens  # the prefix gets most of the room
     assert "line0\n" not in text
@@ -73,7 +90,7 @@ def test_trimming_keeps_the_lines_near_the_cursor():
 
 def test_short_prefix_leaves_room_to_the_suffix():
     p = build_prompt(FIM, InfillRequest("x = ", "a\n" * 200), 60, tok, detok)
-    assert p.prefix_tokens == 4 and p.suffix_tokens > 40 and len(p.tokens) <= 60
+    assert p.line_tokens == 4 and p.suffix_tokens > 40 and len(p.tokens) <= 60
 
 
 def test_repository_form_with_extra_files_and_dropping():
@@ -84,7 +101,7 @@ def test_repository_form_with_extra_files_and_dropping():
     rendered = p.text(FIM, detok)
     assert rendered.startswith(
         "<|repo_name|>proj\n<|file_sep|>util.py\ndef helper():\n    return 1\n"
-        "<|file_sep|>main.py\n<|fim_prefix|>helper(<|fim_suffix|>)\n<|fim_middle|>"
+        "<|file_sep|>main.py\n<|fim_prefix|><|fim_suffix|>)\n<|fim_middle|>helper("
     )
 
 
@@ -141,3 +158,20 @@ def test_qwen_fills_a_function_body(qwen_engine):
     assert "a + b" in r.text and r.generation.finish_reason == "stop"
     again = infill(qwen_engine, req, Sampling(max_tokens=24, seed=0))
     assert again.generation.timings.prompt_tokens == r.generation.timings.prompt_tokens
+
+
+def test_top_level_stop_ends_at_a_column_zero_line_and_holds_only_newlines():
+    stop = TopLevelStop()
+    out = [stop.feed(t) for t in ("    return x\n", "\n", "\n", "# Check\ndef f():\n")]
+    assert out == ["    return x", "", "", "\n\n\n"] and stop.stopped
+    assert stop.feed("more") == "" and stop.flush() == ""
+    body = TopLevelStop()
+    assert body.feed("a = 1\n") == "a = 1" and body.feed("    b = 2\n") == "\n    b = 2" and not body.stopped
+    assert body.flush() == "\n"
+
+
+def test_block_indent_reads_the_code_around_the_cursor():
+    assert block_indent(InfillRequest("def f(x):\n    return ", "\n")) == 4
+    assert block_indent(InfillRequest("def f(x):\n", "        y = 1\n    return y\n")) == 8
+    assert block_indent(InfillRequest("def f(x):\n    g(", ")\n    return 1\n")) == 4  # not the ")" after the cursor
+    assert block_indent(InfillRequest("import os\n", "print(os.sep)\n")) == 0

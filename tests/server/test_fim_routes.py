@@ -58,15 +58,16 @@ def test_llamacpp_infill_with_extra_files_and_kv_reuse(qwen):
         "temperature": 0,
     }
     first = httpx.post(qwen.url + "/infill", json=body, timeout=300).json()
-    assert ("scale(" in first["content"] or "x * 2" in first["content"]) and first["stop"] is True
+    assert any(s in first["content"] for s in ("scale(", "x * 2", "2 * x")) and first["stop"] is True
     assert "```" not in first["content"]  # the instruct model's chat fence is cut
     assert first["tokens_evaluated"] > 30
     second = httpx.post(
         qwen.url + "/infill", json={**body, "input_prefix": body["input_prefix"] + " "}, timeout=300
     ).json()
-    # a one-character edit at the cursor: everything before it comes from the KV cache
-    assert second["tokens_cached"] >= first["tokens_evaluated"] - 8
-    assert second["timings"]["prompt_n"] < 10
+    # a one-character edit at the cursor: the cursor line sits after <|fim_middle|>, so the
+    # prefix, the suffix and the extra file all come from the KV cache
+    assert second["tokens_cached"] >= first["tokens_evaluated"] - 4
+    assert second["timings"]["prompt_n"] <= 4
 
 
 def test_newer_infill_from_the_same_client_supersedes(qwen):

@@ -90,7 +90,7 @@ def asserts(
                 engine, info, focals, cfg, out=out_path, coverage=coverage, command=command, on_function=on_function
             )
     if report.test_source is not None:
-        if to_stdout:
+        if out_path is None:  # --out -
             sys.stdout.write(report.test_source)
             sys.stdout.flush()
             report.out = "-"

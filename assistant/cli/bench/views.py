@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -43,7 +44,8 @@ def plot_png(run: BenchRun) -> bytes:
         ax1.errorbar(
             x, [r.decode_tps_mean for r in rs], yerr=[r.decode_tps_sd for r in rs], marker="o", capsize=3, label=label
         )
-        ax2.plot(x, [1000 * r.ttft_p50_s for r in rs], marker="o", label=label)
+        ttft_ms = [math.nan if r.ttft_p50_s is None else 1000 * r.ttft_p50_s for r in rs]  # nan: a gap
+        ax2.plot(x, ttft_ms, marker="o", label=label)
     threads = sorted({r.threads for r in run.rows})
     for ax, title, ylabel in (
         (ax1, "decode speed (mean ± sd)", "tokens/s"),

@@ -124,11 +124,12 @@ def _run(cfg, teacher, student, dataset, limit, wanted, threads, ctx, offline, l
     from assistant.codegen.generate import load_model
     from assistant.evaluation.humaneval import load_problems
     from assistant.fidelity import run as fid
-    from assistant.fidelity.tasks import AssertTask, CompletionTask, load_assert_items
+    from assistant.fidelity.tasks import AssertTask, CompletionTask, Task, load_assert_items
     from assistant.runtime.engine import Engine, EngineConfig
     from assistant.sandbox.limits import Limits
     from assistant.sandbox.pool import run_many
 
+    task_obj: Task
     if cfg.task == "asserts":
         items = _select(load_assert_items(dataset), lambda i: i.id, wanted, limit)
         task_obj = AssertTask(items)

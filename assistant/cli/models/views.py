@@ -8,7 +8,7 @@ from assistant.store.lockfile import load_lock
 from assistant.store.resolve import HashCache, ModelError, locate, offline_mode, pull, verify
 
 
-def _human_size(n: int | None) -> str:
+def _human_size(n: float | None) -> str:
     if not n:
         return "?"
     for unit in ("B", "KB", "MB", "GB", "TB"):

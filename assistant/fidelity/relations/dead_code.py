@@ -14,6 +14,7 @@ from assistant.fidelity.relations.source import (
     Transformed,
     checked,
     dump_tree,
+    end_of,
     has_docstring,
     identifiers_in,
     parse_source,
@@ -29,7 +30,7 @@ _DEAD = (
 )
 
 
-def _body_start(fn: ast.AST) -> tuple[int, ast.stmt | None]:
+def _body_start(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> tuple[int, ast.stmt | None]:
     """Index of the first statement after the docstring, and the docstring statement (if any)."""
     doc = fn.body[0] if has_docstring(fn) else None
     return (1 if doc is not None else 0), doc
@@ -64,9 +65,10 @@ def dead_code(source: str, rng: random.Random, keep: frozenset = frozenset()) ->
                 at = text.starts[anchor.decorator_list[0].lineno - 1]
         elif doc is not None and text.owns_lines(doc) and doc.lineno != fn.lineno:
             indent = text.indent_of(doc.lineno)
-            at = text.starts[doc.end_lineno] if doc.end_lineno < len(text.lines) else None
-            if at is None:
+            end_lineno = end_of(doc)[0]
+            if end_lineno >= len(text.lines):
                 continue
+            at = text.starts[end_lineno]
         else:
             continue
         while True:

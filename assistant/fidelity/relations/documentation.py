@@ -14,6 +14,7 @@ from assistant.fidelity.relations.source import (
     checked,
     docstring_nodes,
     dump_tree,
+    end_of,
     has_docstring,
     parse_source,
     source_tokens,
@@ -87,6 +88,7 @@ def _reword_prose(text: str) -> str:
 
 def _blank_docstrings(tree: ast.Module) -> str:
     for doc in docstring_nodes(tree):
+        assert isinstance(doc.value, ast.Constant)  # what docstring_nodes selects
         doc.value.value = ""
     return dump_tree(tree)
 
@@ -161,7 +163,8 @@ def remove_docstrings(source: str, rng: random.Random, keep: frozenset = frozens
             continue
         owner = owners[id(doc)]
         start = text.starts[doc.lineno - 1]
-        end = text.starts[doc.end_lineno] if doc.end_lineno < len(text.lines) else len(text.source)
+        end_lineno = end_of(doc)[0]
+        end = text.starts[end_lineno] if end_lineno < len(text.lines) else len(text.source)
         keep_pass = len(owner.body) == 1 and not isinstance(owner, ast.Module)
         text.replace(start, end, text.indent_of(doc.lineno) + "pass\n" if keep_pass else "")
         sites += 1

@@ -13,6 +13,7 @@ from assistant.fidelity.relations.source import (
     checked,
     docstring_nodes,
     dump_tree,
+    end_of,
     parse_source,
     source_tokens,
 )
@@ -66,7 +67,7 @@ def formatting(source: str, rng: random.Random, keep: frozenset = frozenset()) -
     tree = parse_source(source)
     text = SourceText(source)
     for doc in docstring_nodes(tree):  # docstring lines move with their statement
-        for row in range(doc.lineno + 1, doc.end_lineno + 1):
+        for row in range(doc.lineno + 1, end_of(doc)[0] + 1):
             kinds[row] = ("cont", doc.lineno)
     shift: dict[int, int] = {}
     sites = 0
@@ -111,5 +112,6 @@ def formatting(source: str, rng: random.Random, keep: frozenset = frozenset()) -
 def _clean_docstrings(tree: ast.Module) -> str:
     """The tree's dump with every docstring line stripped of its indentation."""
     for doc in docstring_nodes(tree):
+        assert isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)  # what docstring_nodes selects
         doc.value.value = "\n".join(line.strip() for line in doc.value.value.split("\n"))
     return dump_tree(tree)

@@ -13,6 +13,7 @@ from assistant.fidelity.relations.source import (
     Transformed,
     checked,
     dump_tree,
+    end_of,
     identifiers_in,
     parse_source,
 )
@@ -48,7 +49,7 @@ def _bad_expr(node: ast.AST) -> bool:
 def _replace_stmts(text: SourceText, first: ast.stmt, last: ast.stmt, code: str) -> None:
     indent = text.indent_of(first.lineno)
     start = text.starts[first.lineno - 1]
-    end = text.offset(last.end_lineno, last.end_col_offset)
+    end = text.offset(*end_of(last))
     body = "\n".join((indent + line) if line.strip() else line for line in code.split("\n"))
     text.replace(start, end, body)
 
@@ -68,7 +69,7 @@ def _append_target(stmt: ast.stmt) -> tuple[str, ast.expr] | None:
     return None
 
 
-def _loop_to_comprehension(init: ast.stmt, loop: ast.stmt, fn: ast.AST) -> str | None:
+def _loop_to_comprehension(init: ast.stmt, loop: ast.stmt, fn: ast.AST | None) -> str | None:
     """``X = []`` + ``for T in I: [if C:] X.append(E)`` -> ``X = [E for T in I if C]``."""
     if not (
         isinstance(init, ast.Assign)
@@ -109,7 +110,7 @@ def _loop_to_comprehension(init: ast.stmt, loop: ast.stmt, fn: ast.AST) -> str |
     return ast.unparse(ast.Assign(targets=[ast.Name(acc, ast.Store())], value=comp, lineno=0))
 
 
-def _comprehension_to_loop(stmt: ast.stmt, fn: ast.AST, fresh: Callable[[], str]) -> str | None:
+def _comprehension_to_loop(stmt: ast.stmt, fn: ast.AST | None, fresh: Callable[[], str]) -> str | None:
     """``X = [E for T in I if C]`` (or ``return [...]``) -> an explicit loop that appends."""
     if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
         comp, acc, ret = stmt.value, stmt.targets[0].id, False
@@ -168,18 +169,19 @@ def loop_comprehension(source: str, rng: random.Random, keep: frozenset = frozen
                 taken.add(name)
                 return name
 
-    sites, used_lines = 0, set()
+    sites = 0
+    used_lines: set[int] = set()
     changes: list[tuple[list[ast.stmt], int, int, list[ast.stmt]]] = []  # (block, index, count, new statements)
     for block in list(_blocks(tree)):  # outer blocks first; a rewritten span is never entered again
         i = 0
         while i < len(block):
             stmt = block[i]
             fn = owner.get(id(stmt))
-            span = set(range(stmt.lineno, stmt.end_lineno + 1))
+            span = set(range(stmt.lineno, end_of(stmt)[0] + 1))
             nxt = block[i + 1] if i + 1 < len(block) else None
             if nxt is not None and text.owns_lines(stmt) and text.owns_lines(nxt):
                 code = _loop_to_comprehension(stmt, nxt, fn)
-                both = span | set(range(nxt.lineno, nxt.end_lineno + 1))
+                both = span | set(range(nxt.lineno, end_of(nxt)[0] + 1))
                 if code and not both & used_lines:
                     _replace_stmts(text, stmt, nxt, code)
                     changes.append((block, i, 2, ast.parse(code).body))
@@ -246,7 +248,8 @@ def swap_if_else(source: str, rng: random.Random, keep: frozenset = frozenset())
     for node in list(ast.walk(tree)):  # outer first; nothing inside a swapped span is touched again
         if id(node) in in_fstring or not isinstance(node, (ast.If, ast.IfExp)):
             continue  # positions inside f-strings are not reliable before Python 3.12
-        if any(s <= node.lineno and node.end_lineno <= e for s, e in done) or _bad_expr(node.test):
+        end_lineno = end_of(node)[0]
+        if any(s <= node.lineno and end_lineno <= e for s, e in done) or _bad_expr(node.test):
             continue
         if isinstance(node, ast.If):
             if not node.orelse or not text.owns_lines(node) or id(node) in elifs or id(node.orelse[0]) in elifs:
@@ -254,12 +257,12 @@ def swap_if_else(source: str, rng: random.Random, keep: frozenset = frozenset())
             node.test, node.body, node.orelse = negate(node.test), node.orelse, node.body
             _replace_stmts(text, node, node, ast.unparse(node))
         else:
-            if node.lineno != node.end_lineno:
+            if node.lineno != end_lineno:
                 continue
             start, end = text.node_span(node)
             node.test, node.body, node.orelse = negate(node.test), node.orelse, node.body
             text.replace(start, end, "(" + ast.unparse(node) + ")")
-        done.append((node.lineno, node.end_lineno))
+        done.append((node.lineno, end_lineno))
         sites += 1
     if not sites:
         raise NotApplicable("no if/else to swap")
@@ -325,7 +328,7 @@ def _pure(node: ast.AST, shadowed: set[str]) -> bool:
 
 def _reads_writes(stmt: ast.stmt, shadowed: set[str]) -> tuple[set[str], set[str]] | None:
     if isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets):
-        value, writes = stmt.value, {t.id for t in stmt.targets}
+        value, writes = stmt.value, {t.id for t in stmt.targets if isinstance(t, ast.Name)}  # all of them
         reads = _names(value)
     elif isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
         value, writes = stmt.value, {stmt.target.id}
@@ -360,9 +363,9 @@ def reorder_statements(source: str, rng: random.Random, keep: frozenset = frozen
             a, b = block[i], block[i + 1]
             ra, rb = _reads_writes(a, shadowed), _reads_writes(b, shadowed)
             independent = ra and rb and not (ra[1] & (rb[0] | rb[1])) and not (rb[1] & ra[0])
-            if independent and text.owns_lines(a) and text.owns_lines(b) and a.end_lineno < b.lineno:
-                sa, ea = text.starts[a.lineno - 1], text.offset(a.end_lineno, a.end_col_offset)
-                sb, eb = text.starts[b.lineno - 1], text.offset(b.end_lineno, b.end_col_offset)
+            if independent and text.owns_lines(a) and text.owns_lines(b) and end_of(a)[0] < b.lineno:
+                sa, ea = text.starts[a.lineno - 1], text.offset(*end_of(a))
+                sb, eb = text.starts[b.lineno - 1], text.offset(*end_of(b))
                 text.replace(sa, ea, text.source[sb:eb].replace(text.indent_of(b.lineno), text.indent_of(a.lineno), 1))
                 text.replace(sb, eb, text.source[sa:ea].replace(text.indent_of(a.lineno), text.indent_of(b.lineno), 1))
                 swaps.append((block, i))
@@ -392,8 +395,10 @@ def reorder_statements(source: str, rng: random.Random, keep: frozenset = frozen
         raise NotApplicable("no independent statements or keyword arguments to reorder")
     result = text.result()
     new_tree = checked(source, result)
-    for seq, i in swaps + kw_swaps:
-        seq[i], seq[i + 1] = seq[i + 1], seq[i]
+    for block, i in swaps:
+        block[i], block[i + 1] = block[i + 1], block[i]
+    for kws, i in kw_swaps:
+        kws[i], kws[i + 1] = kws[i + 1], kws[i]
     if dump_tree(new_tree) != dump_tree(tree):
         raise NotApplicable("the reordering landed elsewhere than planned")
     return Transformed(result, {}, sites)

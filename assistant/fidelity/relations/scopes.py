@@ -16,6 +16,7 @@ from assistant.fidelity.relations.source import (
     checked,
     docstring_nodes,
     dump_tree,
+    end_of,
     identifiers_in,
     parse_source,
     source_tokens,
@@ -27,7 +28,7 @@ _SCOPES = _FUNCTIONS + _COMPREHENSIONS + (ast.ClassDef,)
 _DYNAMIC = {"locals", "vars", "eval", "exec", "globals", "__import__"}
 
 
-def _params(fn: ast.AST) -> list[ast.arg]:
+def _params(fn: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> list[ast.arg]:
     a = fn.args
     return [*a.posonlyargs, *a.args, *([a.vararg] if a.vararg else []), *a.kwonlyargs, *([a.kwarg] if a.kwarg else [])]
 
@@ -35,7 +36,7 @@ def _params(fn: ast.AST) -> list[ast.arg]:
 def _outer_parts(node: ast.AST) -> list[ast.AST]:
     """Parts of a scope node evaluated in the *enclosing* scope (defaults, decorators, bases, first iterator)."""
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        parts = [*node.decorator_list, *node.args.defaults, *[d for d in node.args.kw_defaults if d]]
+        parts: list[ast.AST] = [*node.decorator_list, *node.args.defaults, *[d for d in node.args.kw_defaults if d]]
         parts += [p.annotation for p in _params(node) if p.annotation] + ([node.returns] if node.returns else [])
         return parts
     if isinstance(node, ast.Lambda):
@@ -84,7 +85,7 @@ class _ScopeBuilder:
         self.unsafe: set[str] = set()  # identifiers we never rename in this unit
         self.dynamic = False
 
-    def build(self, unit: ast.AST) -> _Scope:
+    def build(self, unit: ast.FunctionDef | ast.AsyncFunctionDef) -> _Scope:
         root = _Scope(unit, None)
         self.scopes.append(root)
         for p in _params(unit):
@@ -136,9 +137,9 @@ class _ScopeBuilder:
         elif isinstance(node, ast.NamedExpr) and isinstance(scope.node, _COMPREHENSIONS):
             self.unsafe.add(node.target.id)  # binds in an enclosing scope: keep it simple
         elif isinstance(node, (ast.MatchAs, ast.MatchStar, ast.MatchMapping)):
-            for name in (getattr(node, "name", None), getattr(node, "rest", None)):
-                if name:
-                    self.unsafe.add(name)
+            for captured in (getattr(node, "name", None), getattr(node, "rest", None)):
+                if captured:
+                    self.unsafe.add(captured)
         elif isinstance(node, ast.JoinedStr):
             self.unsafe.update(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _DYNAMIC:
@@ -161,9 +162,9 @@ def _resolves_inside(scope: _Scope, name: str) -> bool:
     return False
 
 
-def _units(tree: ast.Module) -> list[ast.AST]:
+def _units(tree: ast.Module) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
     """Module-level functions and the methods of module-level classes."""
-    units: list[ast.AST] = []
+    units: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             units.append(node)
@@ -201,7 +202,7 @@ def _plan_renames(tree: ast.Module, keep: frozenset) -> RenamePlan:
                 keyword_uses.setdefault(kw.arg, []).append((call, kw))
     module_functions = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     blocked: set[str] = set(keep)
-    per_unit: list[tuple[ast.AST, dict[str, list[ast.AST]], set[str]]] = []
+    per_unit: list[tuple[ast.FunctionDef | ast.AsyncFunctionDef, dict[str, list[ast.AST]], set[str]]] = []
     for unit in _units(tree):
         b = _ScopeBuilder()
         b.build(unit)
@@ -280,7 +281,12 @@ def _binding_counts(tree: ast.Module) -> dict[str, int]:
     return counts
 
 
-def _plan_function_names(tree: ast.Module, functions: dict[str, ast.AST], blocked: set[str], plan: RenamePlan) -> None:
+def _plan_function_names(
+    tree: ast.Module,
+    functions: Mapping[str, ast.FunctionDef | ast.AsyncFunctionDef],
+    blocked: set[str],
+    plan: RenamePlan,
+) -> None:
     """Module-level functions bound nowhere else: rename the def and every use (the callers)."""
     if any(isinstance(n, ast.Name) and n.id == "__all__" for n in ast.walk(tree)):
         return
@@ -322,11 +328,7 @@ def _rename_edits(text: SourceText, plan: RenamePlan, mapping: Mapping[str, str]
                     raise NotApplicable(f"cannot locate the definition of {old!r}")
                 text.replace(m.start(1), m.end(1), new)
             elif isinstance(node, ast.ExceptHandler):
-                start = (
-                    text.offset(*(node.type.end_lineno, node.type.end_col_offset))
-                    if node.type
-                    else text.offset(node.lineno, node.col_offset)
-                )
+                start = text.offset(*end_of(node.type)) if node.type else text.offset(node.lineno, node.col_offset)
                 m = re.compile(rf"\)?\s*as\s+({re.escape(old)})\b").match(text.source, start)
                 if not m:
                     raise NotApplicable(f"cannot locate except ... as {old}")
@@ -383,6 +385,7 @@ def _expected_after_rename(tree: ast.Module, plan: RenamePlan, mapping: Mapping[
     if functions:
         pattern = re.compile(r"\b(" + "|".join(re.escape(k) for k in sorted(functions, key=len, reverse=True)) + r")\b")
         for doc in docstring_nodes(tree):
+            assert isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)  # docstring_nodes' kind
             doc.value.value = pattern.sub(lambda m: functions[m.group(1)], doc.value.value)
     return dump_tree(tree)
 

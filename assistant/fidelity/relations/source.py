@@ -45,6 +45,15 @@ class Relation:
 
 # -- text positions and edits ----------------------------------------------------------------------
 
+# The node kinds the relations address by position; ``ast.parse`` fills all four of their positions.
+Located = ast.stmt | ast.expr | ast.keyword | ast.arg
+
+
+def end_of(node: Located) -> tuple[int, int]:
+    """``(end_lineno, end_col_offset)``: ``Optional`` in ``ast``, always set on parsed nodes."""
+    assert node.end_lineno is not None and node.end_col_offset is not None, "a node not made by ast.parse"
+    return node.end_lineno, node.end_col_offset
+
 
 class SourceText:
     """Source text addressed the way ``ast`` does: 1-based lines, UTF-8 byte columns."""
@@ -64,8 +73,8 @@ class SourceText:
     def char_offset(self, lineno: int, col_char: int) -> int:
         return self.starts[lineno - 1] + col_char
 
-    def node_span(self, node: ast.AST) -> tuple[int, int]:
-        return self.offset(node.lineno, node.col_offset), self.offset(node.end_lineno, node.end_col_offset)
+    def node_span(self, node: Located) -> tuple[int, int]:
+        return self.offset(node.lineno, node.col_offset), self.offset(*end_of(node))
 
     def replace(self, start: int, end: int, text: str) -> None:
         self.edits.append((start, end, text))
@@ -87,9 +96,10 @@ class SourceText:
 
     def owns_lines(self, node: ast.stmt) -> bool:
         """True when the statement alone fills its lines (no ``;`` neighbours, no code after it)."""
-        first, last = self.lines[node.lineno - 1], self.lines[node.end_lineno - 1]
+        end_lineno, end_col_offset = end_of(node)
+        first, last = self.lines[node.lineno - 1], self.lines[end_lineno - 1]
         before = first.encode("utf-8")[: node.col_offset].decode("utf-8", errors="replace")
-        after = last.encode("utf-8")[node.end_col_offset :].decode("utf-8", errors="replace")
+        after = last.encode("utf-8")[end_col_offset:].decode("utf-8", errors="replace")
         return not before.strip() and (not after.strip() or after.strip().startswith("#"))
 
 
@@ -126,7 +136,7 @@ def docstring_nodes(tree: ast.AST) -> list[ast.Expr]:
     return out
 
 
-def has_docstring(node: ast.AST) -> bool:
+def has_docstring(node: ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> bool:
     """Whether the module, class or function body starts with a docstring."""
     first = node.body[0] if node.body else None
     return isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)

@@ -1,0 +1,38 @@
+"""Shared by the distill tests: a tiny training recipe over a test world, and a run's weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from distill.recipe import Recipe
+
+#: a few steps of everything the loop does: accumulate, validate, checkpoint, log
+TINY: dict[str, Any] = dict(
+    student={"layers": 2},
+    block_size=32,
+    micro_batch=2,
+    grad_accum=2,
+    max_steps=4,
+    warmup_steps=1,
+    lr=3e-3,
+    min_lr=3e-4,
+    eval_interval=2,
+    eval_blocks=4,
+    log_interval=1,
+    ckpt_interval=2,
+    chunk_size=16,
+)
+
+
+def tiny_recipe(world: dict, out: Path, **changes: Any) -> Recipe:
+    """TINY on the world's teacher and corpus, writing to ``out``; ``changes`` override any field."""
+    return Recipe.from_dict(
+        {"teacher": world["teacher"], "corpus": world["corpus"], "out": str(out), **TINY, **changes}
+    )
+
+
+def weights(student_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(student_dir / "model.safetensors"))
