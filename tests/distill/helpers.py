@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from distill.recipe import Recipe
+
+REPO = Path(__file__).resolve().parents[2]
 
 #: a few steps of everything the loop does: accumulate, validate, checkpoint, log
 TINY: dict[str, Any] = dict(
@@ -36,3 +42,17 @@ def weights(student_dir: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(student_dir / "model.safetensors"))
+
+
+def torchrun(recipe: Recipe, launch: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``recipe`` through the real torchrun launcher (``nproc`` CPU processes, gloo), from a JSON file at ``launch``."""
+    launch.write_text(json.dumps(recipe.to_dict()))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    return subprocess.run(
+        [*cmd, "-m", "distill.train", str(launch)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        cwd=REPO,
+        timeout=300,
+    )

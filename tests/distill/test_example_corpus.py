@@ -30,7 +30,7 @@ from distill.example_corpus import (  # noqa: E402
 )
 from distill.recipe import Recipe  # noqa: E402
 from distill.tokenizer import load_tokenizer  # noqa: E402
-from tests.distill.helpers import tiny_recipe, weights  # noqa: E402
+from tests.distill.helpers import tiny_recipe, torchrun, weights  # noqa: E402
 from tests.tiny_qwen2 import TinyQwen2Spec, build_tiny_qwen2, cached_tiny_qwen2_tokenizer  # noqa: E402
 
 B = 128
@@ -310,33 +310,11 @@ def test_a_recipe_with_another_block_size_is_refused(world, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_run_on_the_example_corpus_matches_one_process(world, tmp_path):
-    import os
-    import subprocess
-    import sys
 
     from distill.train import train
 
-    repo = Path(__file__).resolve().parents[2]
     single = train(_recipe(world, tmp_path / "single", micro_batch=2, grad_accum=1, max_steps=3))
-    launch = tmp_path / "ddp.json"
-    launch.write_text(json.dumps(_recipe(world, tmp_path / "ddp", micro_batch=1, grad_accum=1, max_steps=3).to_dict()))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "distill.train",
-            str(launch),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"},
-        cwd=repo,
-        timeout=300,
-    )
+    proc = torchrun(_recipe(world, tmp_path / "ddp", micro_batch=1, grad_accum=1, max_steps=3), tmp_path / "ddp.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = weights(single.student_dir), weights(tmp_path / "ddp" / "student")
     # Each rank trims its own rows: the same targets, float-summation noise only. The key biases are

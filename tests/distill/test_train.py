@@ -4,10 +4,7 @@ refuses foreign checkpoints, trains from a logit cache, and matches itself under
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import sysconfig
 from pathlib import Path
 
@@ -19,7 +16,7 @@ pytest.importorskip("transformers")
 from assistant.errors import AssistantError, UsageError  # noqa: E402
 from distill.models import StudentSpec, build_student, count_parameters, load_teacher  # noqa: E402
 from distill.recipe import Recipe, apply_overrides, load_recipe  # noqa: E402
-from tests.distill.helpers import tiny_recipe, weights  # noqa: E402
+from tests.distill.helpers import tiny_recipe, torchrun, weights  # noqa: E402
 from tests.tiny_llama import TinyLlamaSpec, build_tiny_llama, cached_smollm2_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,26 +187,7 @@ def test_two_process_run_matches_one_process_with_the_same_global_batch(world, t
 
     single = train(_recipe(world, tmp_path / "single", micro_batch=2, grad_accum=1, max_steps=4))
     ddp_recipe = _recipe(world, tmp_path / "ddp", micro_batch=1, grad_accum=1, max_steps=4, fsdp=fsdp)
-    launch = tmp_path / "ddp.json"
-    launch.write_text(json.dumps(ddp_recipe.to_dict()))
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "distill.train",
-            str(launch),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=300,
-    )
+    proc = torchrun(ddp_recipe, tmp_path / "ddp.json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     prov = json.loads((tmp_path / "ddp" / "student" / "provenance.json").read_text())
     assert prov["world_size"] == 2
