@@ -50,31 +50,35 @@ class HiddenCacheError(AssistantError):
 # --- running part of the decoder ---------------------------------------------------------------
 
 
-def freeze_lower(student: Any, n: int) -> list[str]:
-    """Stop gradients into the embeddings and the first ``n`` layers; return notes for the user."""
+def freeze_lower(student: Any, n: int, *, head: bool = False) -> list[str]:
+    """Stop gradients into the embeddings and the first ``n`` layers (and, with ``head``, an untied
+    head); return notes for the user."""
     layers = student.model.layers
     if not 0 <= n < len(layers):
         raise UsageError(
             f"freeze_layers = {n}: the student has {len(layers)} layers; freeze 0..{len(layers) - 1} (at least one must train)"
         )
+    if head and not n:
+        raise UsageError("freeze_head needs freeze_layers: set freeze_layers = N as well")
     if n == 0:
         return []
     if getattr(student.config, "use_sliding_window", False):
         raise UsageError("freeze_layers with a sliding-window student is not supported: set use_sliding_window = false")
-    for p in student.model.embed_tokens.parameters():
-        p.requires_grad_(False)
-    for layer in layers[:n]:
-        for p in layer.parameters():
+    frozen = [student.model.embed_tokens, *layers[:n]]
+    tied = bool(student.config.tie_word_embeddings)
+    if head and not tied:
+        frozen.append(student.lm_head)
+    for module in frozen:
+        for p in module.parameters():
             p.requires_grad_(False)
-    notes = [
-        f"embeddings and layers 0..{n - 1} frozen; training layers {n}..{len(layers) - 1}, the final norm and the head"
-    ]
-    if student.config.tie_word_embeddings:
-        notes[0] = (
-            notes[0].replace(" and the head", "")
-            + " (the head is tied to the frozen embeddings, so it stays fixed too)"
-        )
-    return notes
+    trained = f"layers {n}..{len(layers) - 1} and the final norm"
+    if tied:
+        return [
+            f"embeddings and layers 0..{n - 1} frozen; training {trained} (the head is tied to the frozen embeddings, so it stays fixed too)"
+        ]
+    if head:
+        return [f"embeddings, the head and layers 0..{n - 1} frozen; training {trained}"]
+    return [f"embeddings and layers 0..{n - 1} frozen; training {trained} and the head"]
 
 
 def _layer_inputs(body: Any, hidden: Any) -> tuple[Any, Any, Any]:

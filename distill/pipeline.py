@@ -183,7 +183,7 @@ def build_cache_stage(p: Pipeline, say: Callable[[str], None]) -> dict:
 
 def export_stage(p: Pipeline, student_dir: Path, say: Callable[[str], None]) -> dict:
     """F16 GGUF (not pinned: an intermediate), then each quantized type pinned in models.lock, then verify."""
-    from export.lock_entry import EntrySpec
+    from export.lock_entry import EntrySpec, training_record
     from export.pipeline import GgufRequest, LockTarget, QuantizeRequest, export_gguf, quantize_file, verify_files
     from export.verify import VerifyConfig
 
@@ -213,7 +213,7 @@ def export_stage(p: Pipeline, student_dir: Path, say: Callable[[str], None]) -> 
             entry=EntrySpec(name=e.name, roles=("generate", "student"), license=e.license, description=description),
             lock=lock,
             base=p.distill.teacher,  # same tokenizer and chat format: the teacher's stop and prompt style
-            provenance={"distilled": _training_record(provenance, p.source)},
+            provenance={"distilled": training_record(provenance, p.source)},
         )
     )
     files = [str(o.result.path) for o in outcomes]
@@ -224,20 +224,6 @@ def export_stage(p: Pipeline, student_dir: Path, say: Callable[[str], None]) -> 
         out["verify"] = report.to_dict()
         (student_dir.parent / "verify.json").write_text(json.dumps(out["verify"], indent=2, default=str))
     return out
-
-
-def _training_record(provenance: dict, recipe_path: str) -> dict:
-    """What models.lock keeps about how the student was made (the full record is the run's provenance.json)."""
-    return {
-        "recipe": recipe_path,
-        "recipe_hash": provenance.get("recipe_hash", ""),
-        "teacher": provenance.get("teacher", {}).get("source", ""),
-        "teacher_sha256": provenance.get("teacher", {}).get("sha256") or "",
-        "corpus_manifest_sha256": provenance.get("corpus", {}).get("manifest_sha256", ""),
-        "steps": provenance.get("steps", 0),
-        "tokens": provenance.get("tokens", 0),
-        "final_metrics": provenance.get("final_metrics", {}),
-    }
 
 
 def with_overrides(p: Pipeline, overrides: list[str]) -> Pipeline:

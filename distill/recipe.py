@@ -42,6 +42,7 @@ class Recipe:
     out: str = "runs/distill"
     student: StudentSpec = field(default_factory=StudentSpec)
     freeze_layers: int = 0  # keep the embeddings and the lowest N student layers fixed (a pretrained/cut student)
+    freeze_head: bool = False  # with freeze_layers: an untied head stays fixed too (only the top layers learn)
     hidden_cache: str | None = None  # directory for the frozen layers' outputs, computed once per student prefix
     # loss
     alpha: float = 0.5
@@ -125,6 +126,8 @@ class Recipe:
         d = {k: v for k, v in self.to_dict().items() if k not in NOT_HASHED}
         if not d["freeze_layers"]:
             del d["freeze_layers"]  # recipes from before the setting keep their hash (and their checkpoints)
+        if not d["freeze_head"]:
+            del d["freeze_head"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
     @classmethod

@@ -501,7 +501,7 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
     if cache is not None and not recipe.eval_with_teacher:
         teacher = None  # only needed for the init; free it
 
-    student_info.notes += freeze_lower(student, recipe.freeze_layers)
+    student_info.notes += freeze_lower(student, recipe.freeze_layers, head=recipe.freeze_head)
     hidden_cache = None
     if recipe.hidden_cache:
         hidden_cache = open_hidden_cache(recipe, student, corpus, train_split, n_train, env)

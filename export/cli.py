@@ -1,4 +1,4 @@
-"""`assistant export gguf | quantize | verify`: argument parsing only; the work is in export.pipeline.
+"""`assistant export gguf | quantize | verify | graft`: argument parsing only; the work is in export.pipeline.
 
 Registered in assistant/cli/app.py with ``app.add_typer(export_app, name="export")``. Importing
 this module must stay cheap (the laptop install has no torch): every heavy import happens
@@ -140,3 +140,50 @@ def verify_cmd(
         views.print_verify(report)
     if not report.passed:
         raise typer.Exit(1)
+
+
+@export_app.command("graft")
+def graft_cmd(
+    student: Path = typer.Argument(..., help="The quantized student GGUF (from `assistant export quantize`)."),
+    reference: Path = typer.Option(
+        ..., "--reference", help="The same student's F16/F32 GGUF, whose values it compares."
+    ),
+    base: str = typer.Option(..., "--base", help="models.lock name of the model the student was cut from."),
+    patch: Path = typer.Option(..., "--patch", help="Where to write the patch (beside models.lock, to ship it)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="The grafted GGUF (default: <student>.grafted.gguf)."),
+    student_lock: Optional[Path] = typer.Option(
+        None, "--student-lock", help="models.lock holding the student's entry, whose provenance carries over."
+    ),
+    trained: Optional[Path] = typer.Option(
+        None, "--trained", help="The distilled student's directory: its provenance.json goes into models.lock."
+    ),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="The recipe it was trained with (recorded)."),
+    name: Optional[str] = NameOpt,
+    role: Optional[List[str]] = RoleOpt,
+    license_: Optional[str] = LicenseOpt,
+    force: bool = ForceOpt,
+    no_lock: bool = NoLockOpt,
+    lock: Optional[Path] = LockOpt,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Put the base's own bytes back into STUDENT's unchanged tensors; pin it as a patch over the base."""
+    from export import pipeline, views
+
+    req = pipeline.GraftRequest(
+        student=student,
+        reference=reference,
+        base=base,
+        patch=patch,
+        out=out,
+        student_lock=student_lock,
+        trained=trained,
+        recipe=recipe,
+        force=force,
+        entry=_entry_spec(name, role, license_),
+        lock=pipeline.LockTarget(lock, enabled=not no_lock),
+    )
+    outcome = pipeline.graft_student(req)
+    if json_out:
+        typer.echo(json.dumps(views.graft_dict(outcome), indent=2))
+    else:
+        views.print_graft(outcome)

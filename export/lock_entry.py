@@ -44,6 +44,21 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+def training_record(provenance: dict, recipe_path: str) -> dict:
+    """What models.lock keeps about how a student was made (the full record is its run's provenance.json)."""
+    return {
+        "recipe": recipe_path,
+        "recipe_hash": provenance.get("recipe_hash", ""),
+        "teacher": provenance.get("teacher", {}).get("source", ""),
+        "teacher_sha256": provenance.get("teacher", {}).get("sha256") or "",
+        "corpus_manifest_sha256": provenance.get("corpus", {}).get("manifest_sha256", ""),
+        "logit_cache_manifest_sha256": (provenance.get("logit_cache") or {}).get("manifest_sha256", ""),
+        "steps": provenance.get("steps", 0),
+        "tokens": provenance.get("tokens", 0),
+        "final_metrics": provenance.get("final_metrics", {}),
+    }
+
+
 def default_name(path: Path) -> str:
     """``student.Q4_K_M.gguf`` -> ``student-q4_k_m``: predictable, and unique per file."""
     stem = path.name[: -len(".gguf")] if path.name.endswith(".gguf") else path.name

@@ -6,6 +6,7 @@ directory) runs before the slow work, so a mistake costs milliseconds, not a con
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from export.checkpoint import content_sha256, read_checkpoint
 from export.errors import ExportError
 from export.files import check_new_output
 from export.gguf_writer import OUTTYPES, ExportResult, write_gguf
+from export.graft import GraftResult, graft
 from export.lock_entry import (
     EntrySpec,
     check_name_free,
@@ -26,7 +28,9 @@ from export.lock_entry import (
     make_entry,
     record,
     tool_versions,
+    training_record,
 )
+from export.patch import PatchResult, make_patch
 from export.quantize import QuantResult, check_source, output_path, parse_types, quantize
 from export.tokenizer import read_record, tokenizer_for
 from export.verify import VerifyConfig, VerifyReport, verify
@@ -228,3 +232,102 @@ def verify_files(
             ref = str(model_dir / ref)  # recorded relative to the model directory
         tokenizer_gguf, _, _ = gguf_locator(lock, cache)(ref)
     return verify(model_dir, paths, cfg, tokenizer_gguf=tokenizer_gguf, on_file=on_file)
+
+
+@dataclass(frozen=True)
+class GraftRequest:
+    student: Path  # a quantized student GGUF
+    reference: Path  # the same student's F16/F32 export: its values say which tensors are unchanged
+    base: str  # the lock name (or GGUF path) of the model the student was cut from
+    patch: Path  # where the patch goes (beside the lock, so the repository can ship it)
+    out: Path | None = None  # the grafted GGUF; default: <student stem>.grafted.gguf beside it
+    student_lock: Path | None = (
+        None  # the lock that holds the student's entry (its provenance); default: the target lock
+    )
+    force: bool = False
+    entry: EntrySpec = field(default_factory=EntrySpec)
+    lock: LockTarget = field(default_factory=LockTarget)
+
+
+@dataclass(frozen=True)
+class GraftOutcome:
+    graft: GraftResult
+    patch: PatchResult
+    entry: ModelEntry | None
+    installed: Path | None  # where pull would have put the file (the model store)
+
+
+def graft_student(req: GraftRequest, cache: HashCache | None = None) -> GraftOutcome:
+    """Quantized student -> grafted onto its base -> a patch over the base -> a lock entry that pulls it."""
+    import shutil
+
+    from assistant.store.lockfile import PatchSource
+    from assistant.store.verify import download_path
+
+    cache = cache or HashCache()
+    student = Path(req.student)
+    out = Path(req.out) if req.out else student.with_name(student.name.removesuffix(".gguf") + ".grafted.gguf")
+    check_new_output(out, req.force)
+    check_new_output(Path(req.patch), req.force)
+    lock = _load_lock(req.lock)
+    if lock is None:
+        raise ExportError("a graft needs models.lock to find its base", hint="pass --lock PATH")
+    base = resolve(req.base, lock, cache)
+    if req.lock.enabled and base.entry is None:
+        raise ExportError(
+            f"the base {req.base} is not a models.lock entry: a patch can only be pinned over a lock entry",
+            hint="pin the base in models.lock first, or pass --no-lock",
+        )
+    name = req.entry.name or default_name(student)
+    if req.lock.enabled:
+        check_name_free(lock, name, FileSource(_rel(out, lock)), req.force)
+    grafted = graft(student, Path(req.reference), base.path, out, force=req.force)
+    patch = make_patch(out, base.path, Path(req.patch), force=req.force)
+    entry = installed = None
+    if req.lock.enabled:
+        assert base.entry is not None
+        student_entry = entry_for_path(load_lock(req.student_lock) if req.student_lock else lock, student)
+        inherit = student_entry or base.entry
+        trained = {}
+        if req.trained is not None:
+            record_file = Path(req.trained) / "provenance.json"
+            try:
+                trained = {"distilled": training_record(json.loads(record_file.read_text()), req.recipe or "")}
+            except (OSError, ValueError) as e:
+                raise ExportError(f"cannot read the training record {record_file}: {e}") from None
+        provenance = {
+            **(student_entry.provenance if student_entry else {}),
+            **trained,
+            "grafted": {
+                "tool": "assistant export graft",
+                "base": base.entry.name,
+                "base_sha256": base.sha256,
+                "student": {"file": _rel(student, lock), "sha256": cache.sha256(student)},
+                "tensors_from_base": len(grafted.grafted),
+                "tensors_trained": len(grafted.kept),
+                "bytes_from_base": patch.shared_bytes,
+                "patch_bytes": patch.size,
+            },
+            "versions": tool_versions(),
+        }
+        spec = replace(
+            req.entry,
+            name=name,
+            roles=req.entry.roles or (student_entry.roles if student_entry else None),
+            description=req.entry.description
+            or (student_entry.description if student_entry else f"{student.name} grafted onto {base.entry.name}"),
+        )
+        entry = make_entry(out, lock, spec, base=inherit, provenance=provenance, cache=cache)
+        entry = replace(
+            entry,
+            source=PatchSource(base.entry.name, _rel(Path(req.patch), lock), patch.size, patch.sha256),
+            system=inherit.system,
+            capabilities=inherit.capabilities,
+        )
+        lock = record(lock, entry, force=req.force)
+        installed = download_path(entry)
+        installed.parent.mkdir(parents=True, exist_ok=True)
+        tmp = installed.with_name(installed.name + ".graft.part")
+        shutil.copyfile(out, tmp)
+        os.replace(tmp, installed)
+    return GraftOutcome(grafted, patch, entry, installed)

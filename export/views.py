@@ -137,3 +137,32 @@ def print_verify(report) -> None:
             "ok" if f.passed else "FAIL: " + "; ".join(f.problems),
         )
     _console().print(t)
+
+
+def graft_dict(outcome) -> dict:
+    g, p = outcome.graft, outcome.patch
+    d = {
+        "path": str(g.path),
+        "size": g.size,
+        "tensors_from_base": len(g.grafted),
+        "tensors_trained": len(g.kept),
+        "patch": {"path": str(p.path), "size": p.size, "sha256": p.sha256, "bytes_from_base": p.shared_bytes},
+    }
+    if outcome.entry is not None:
+        d["lock"] = {"name": outcome.entry.name, "sha256": outcome.entry.sha256, "installed": str(outcome.installed)}
+    return d
+
+
+def print_graft(outcome) -> None:
+    d = graft_dict(outcome)
+    c = _console()
+    c.print(
+        f"wrote {d['path']}: {d['size'] / MB:.1f} MB, {d['tensors_from_base']} tensors from the base, "
+        f"{d['tensors_trained']} the student's own"
+    )
+    p = d["patch"]
+    c.print(
+        f"patch {p['path']}: {p['size'] / MB:.1f} MB ({p['bytes_from_base'] / MB:.1f} MB come from the base), sha256 {p['sha256'][:12]}"
+    )
+    if "lock" in d:
+        c.print(f"models.lock: {d['lock']['name']}; try `assistant generate --model {d['lock']['name']} ...`")

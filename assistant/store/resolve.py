@@ -13,7 +13,7 @@ from pathlib import Path
 from assistant.store.gguf_file import GGUFInfo, read_gguf
 from assistant.store.lockfile import SYSTEM_TEMPLATE, Lock, ModelEntry
 from assistant.store.progress import PullProgress
-from assistant.store.pull import Downloader, hf_download, offline_error, pull
+from assistant.store.pull import Downloader, hf_download, pull
 from assistant.store.verify import (  # re-exported: the store's public names
     HashCache,
     ModelError,
@@ -126,9 +126,7 @@ def resolve(
     assert entry is not None
     v = verify(entry, lock, cache)
     if v.status == Status.MISSING and entry.downloadable and entry.pinned:
-        if offline:
-            raise offline_error(entry)
-        v, _ = pull(entry, lock, cache, downloader=downloader, progress=progress)
+        v, _ = pull(entry, lock, cache, offline=offline, downloader=downloader, progress=progress)
     raise_for(v, entry)
     assert v.path is not None and v.sha256 is not None
     return ResolvedModel(v.path, v.sha256, read_gguf(v.path), entry)

@@ -163,3 +163,19 @@ def test_the_loss_is_computed_only_where_there_are_targets():
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     asked = torch.cat([r if isinstance(r, torch.Tensor) else torch.arange(24)[r] for r in seen])
     assert sorted(asked.tolist()) == sorted((labels.reshape(-1) != IGNORE_INDEX).nonzero().squeeze(1).tolist())
+
+
+def test_freeze_head_keeps_an_untied_head_fixed_and_needs_frozen_layers():
+    from distill.frozen import freeze_lower
+
+    model = random_qwen2(TinyQwen2Spec(hidden=64, intermediate=128, layers=3, tied=False))
+    notes = freeze_lower(model, 2, head=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("model.layers.2.", "model.norm.")) for n in trainable)
+    assert "the head and layers 0..1 frozen" in notes[0]
+    untouched = random_qwen2(TinyQwen2Spec(hidden=64, intermediate=128, layers=3, tied=False))
+    freeze_lower(untouched, 2)
+    assert untouched.lm_head.weight.requires_grad  # by default an untied head learns
+    with pytest.raises(UsageError, match="freeze_head needs freeze_layers"):
+        freeze_lower(untouched, 0, head=True)
+    assert Recipe(freeze_head=True, freeze_layers=2).hash() != Recipe(freeze_layers=2).hash()
