@@ -42,11 +42,14 @@ def _role(name: str) -> str:
     return m.group(2) if m else name
 
 
-def _values(tensor) -> np.ndarray:
+def _values(tensor, rows: int | None = None) -> np.ndarray:
+    """The tensor's values as float32 (only its first ``rows`` rows when given), flattened."""
     from gguf import GGMLQuantizationType, quants
 
     qtype = GGMLQuantizationType(int(tensor.tensor_type))
     data = np.asarray(tensor.data)
+    if rows is not None and data.ndim > 1:
+        data = data[:rows]
     if qtype in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
         return data.astype(np.float32).reshape(-1)
     return quants.dequantize(data, qtype).astype(np.float32).reshape(-1)
@@ -66,11 +69,12 @@ def match_frozen(reference, base) -> dict[str, str]:
         candidates = by_role.get((_role(t.name), tuple(int(d) for d in t.shape)), [])
         if not candidates:
             continue
-        ref = _values(t)
-        head = ref[:4096]
-        for c in candidates:
-            vals = _values(c)
-            if _same(head, vals[: head.size]) and _same(ref, vals):
+        head, ref = _values(t, rows=1), None
+        for c in candidates:  # the first row rules out the wrong layers before anything big is dequantized
+            if not _same(head, _values(c, rows=1)):
+                continue
+            ref = _values(t) if ref is None else ref
+            if _same(ref, _values(c)):
                 found[t.name] = c.name
                 break
     return found

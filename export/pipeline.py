@@ -241,9 +241,9 @@ class GraftRequest:
     base: str  # the lock name (or GGUF path) of the model the student was cut from
     patch: Path  # where the patch goes (beside the lock, so the repository can ship it)
     out: Path | None = None  # the grafted GGUF; default: <student stem>.grafted.gguf beside it
-    student_lock: Path | None = (
-        None  # the lock that holds the student's entry (its provenance); default: the target lock
-    )
+    student_lock: Path | None = None  # the lock holding the student's entry (default: the target lock)
+    trained: Path | None = None  # the distilled student's directory: its provenance.json is recorded
+    recipe: str | None = None  # the recipe it was trained with, as the user runs it
     force: bool = False
     entry: EntrySpec = field(default_factory=EntrySpec)
     lock: LockTarget = field(default_factory=LockTarget)
@@ -255,6 +255,17 @@ class GraftOutcome:
     patch: PatchResult
     entry: ModelEntry | None
     installed: Path | None  # where pull would have put the file (the model store)
+
+
+def _graft_description(student: Path, entry: ModelEntry | None, trained: dict, base: str) -> str:
+    if trained:
+        d = trained["distilled"]
+        how = f"`assistant distill train --recipe {d['recipe']}`" if d["recipe"] else "`assistant distill train`"
+        return (
+            f"distilled from {d['teacher'] or '?'} by {how} ({d['steps']} steps, {d['tokens']:,} tokens), "
+            f"grafted onto {base}"
+        )
+    return entry.description if entry else f"{student.name} grafted onto {base}"
 
 
 def graft_student(req: GraftRequest, cache: HashCache | None = None) -> GraftOutcome:
@@ -314,8 +325,7 @@ def graft_student(req: GraftRequest, cache: HashCache | None = None) -> GraftOut
             req.entry,
             name=name,
             roles=req.entry.roles or (student_entry.roles if student_entry else None),
-            description=req.entry.description
-            or (student_entry.description if student_entry else f"{student.name} grafted onto {base.entry.name}"),
+            description=req.entry.description or _graft_description(student, student_entry, trained, base.entry.name),
         )
         entry = make_entry(out, lock, spec, base=inherit, provenance=provenance, cache=cache)
         entry = replace(

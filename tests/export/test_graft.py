@@ -146,10 +146,13 @@ def test_export_graft_pins_a_patch_that_a_fresh_store_assembles_offline(chain, t
         Lock(repo / "models.lock", "base", (entry("base", FileSource("models/base.gguf"), data, prompt_style="chat"),))
     )
     monkeypatch.setenv("ASSISTANT_MODELS", str(tmp_path / "store-a"))
+    run = tmp_path / "run" / "student"
+    run.mkdir(parents=True)
+    (run / "provenance.json").write_text(json.dumps({"recipe_hash": "ab" * 32, "steps": 3, "tokens": 96}))
     done = cli(
         "export", "graft", str(chain["student"]), "--reference", str(chain["ref"]), "--base", "base",
         "--patch", str(repo / "models" / "student.patch"), "--name", "student", "--lock", str(repo / "models.lock"),
-        "--json",
+        "--trained", str(run), "--recipe", "recipes/x.toml", "--json",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
@@ -158,6 +161,8 @@ def test_export_graft_pins_a_patch_that_a_fresh_store_assembles_offline(chain, t
     assert isinstance(e.source, PatchSource) and e.source.base == "base" and e.source.path == "models/student.patch"
     assert e.sha256 == hashlib.sha256(grafted).hexdigest() and e.prompt_style == "chat"
     assert e.provenance["grafted"]["tensors_from_base"] == out["tensors_from_base"] > 0
+    assert e.provenance["distilled"]["steps"] == 3 and e.provenance["distilled"]["recipe"] == "recipes/x.toml"
+    assert "`assistant distill train --recipe recipes/x.toml` (3 steps, 96 tokens), grafted onto base" in e.description
     assert Path(out["lock"]["installed"]).read_bytes() == grafted  # usable at once, no pull needed
     lock_arg = ("--lock", str(repo / "models.lock"))
     fresh = cli(
