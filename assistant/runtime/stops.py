@@ -25,18 +25,28 @@ class StopFilter:
         if self.stopped:
             return ""
         buf = self._held + text
-        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
+        cut = self._first_match(buf)
+        keep = self._partial_suffix(buf)
+        # A longer stop that began earlier than the match may still complete: wait for it.
+        if cut >= 0 and cut <= len(buf) - keep:
             self._held, self.stopped = "", True
             return buf[:cut]
-        keep = self._partial_suffix(buf)
         self._held = buf[len(buf) - keep :] if keep else ""
         return buf[: len(buf) - keep]
 
     def flush(self) -> str:
-        """Generation ended without a match: release the held-back text."""
+        """Generation ended: release the held-back text, up to a stop it holds."""
         held, self._held = self._held, ""
-        return "" if self.stopped else held
+        if self.stopped:
+            return ""
+        cut = self._first_match(held)
+        if cut < 0:
+            return held
+        self.stopped = True
+        return held[:cut]
+
+    def _first_match(self, buf: str) -> int:
+        return min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
 
     def _partial_suffix(self, buf: str) -> int:
         """Length of the longest suffix of ``buf`` that is a proper prefix of some stop."""
