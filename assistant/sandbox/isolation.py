@@ -12,6 +12,7 @@ import os
 import signal
 import stat
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -316,7 +317,7 @@ def _private_mounts(
     program needs something inside it (a Python under /root when root drops to nobody);
     what the program needs is bound back in.
     """
-    covered = _cover(libc, needed, hidden, uid, gid, notes)
+    covered = _cover(libc, needed, hidden, uid, gid, notes, os.path.realpath(workdir))
     libc.mount(workdir, workdir, None, MS_BIND | MS_REC)
     try:
         libc.mount_setattr("/", True, set_=_MOUNT_ATTR_RDONLY)
@@ -373,8 +374,13 @@ def _caller_home() -> str | None:
     return home if home != "/" and os.path.isdir(home) else None
 
 
-def _cover(libc: Libc, needed: list[str], hidden: list[str], uid: int, gid: int, notes: list[str]) -> list[str]:
-    """Lay a tmpfs over each hidden or blocking directory, then bind back what is needed below it."""
+def _cover(
+    libc: Libc, needed: list[str], hidden: list[str], uid: int, gid: int, notes: list[str], keep: str
+) -> list[str]:
+    """Lay a tmpfs over each hidden or blocking directory, then bind back what is needed below it.
+
+    ``keep`` (the working directory) always comes back whole: the program is about to own it.
+    """
     sep = os.sep
     hidden = [h for h in hidden if not any(p == h or h.startswith(p + sep) for p in needed)]
     groups: dict[str, list[str]] = {h: [] for h in hidden}
@@ -388,20 +394,77 @@ def _cover(libc: Libc, needed: list[str], hidden: list[str], uid: int, gid: int,
     covered = []
     for anchor in sorted(groups, key=len):
         ps = groups[anchor]
-        ps = [p for p in ps if not any(p.startswith(q + sep) for q in ps)]
-        fds = [os.open(p, os.O_PATH | os.O_DIRECTORY) for p in ps]  # before the tmpfs hides them
+        tops = [p for p in ps if not any(p.startswith(q + sep) for q in ps)]
+        binds: list[_Bind] = []
         try:
+            for p in tops:  # before the tmpfs hides them
+                binds += _plan_binds(p, ps, uid, gid, keep)
             libc.mount("tmpfs", anchor, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
-            for p, fd in zip(ps, fds, strict=True):
-                os.makedirs(p, mode=0o755, exist_ok=True)
-                libc.mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
+            for b in binds:
+                b.apply(libc)
             covered.append(anchor)
         except OSError as e:
             notes.append(f"could not cover {anchor} ({e})")
         finally:
-            for fd in fds:
-                os.close(fd)
+            for b in binds:
+                if b.fd is not None:
+                    os.close(b.fd)
     return covered
+
+
+@dataclass
+class _Bind:
+    """One thing to put back over a tmpfs: a directory or file bound from the host (fd), or a symlink."""
+
+    path: str
+    fd: int | None = None  # O_PATH; None: an empty directory of our own
+    is_dir: bool = True
+    link: str | None = None
+
+    def apply(self, libc: Libc) -> None:
+        parent = os.path.dirname(self.path)
+        _makedirs_open(parent)
+        if self.link is not None:
+            os.symlink(self.link, self.path)
+            return
+        if self.is_dir:
+            _makedirs_open(self.path)
+        else:
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o644))
+        if self.fd is not None:
+            libc.mount(f"/proc/self/fd/{self.fd}", self.path, None, MS_BIND | MS_REC)
+
+
+def _makedirs_open(path: str) -> None:
+    """mkdir -p with 0755 whatever the umask: the program's uid must pass through."""
+    if os.path.isdir(path):
+        return
+    _makedirs_open(os.path.dirname(path))
+    os.mkdir(path)
+    os.chmod(path, 0o755)
+
+
+def _plan_binds(path: str, needed: list[str], uid: int, gid: int, keep: str) -> list[_Bind]:
+    """How to bring ``path`` back: whole, or entry by entry when ``uid`` may not enter it itself.
+
+    A 0700 directory the program needs (a checkout on sys.path that holds the venv) would stay
+    closed if bound whole; rebuilt as a 0755 directory on the tmpfs, its entries bound one by one,
+    each keeps its own mode and nothing above it is opened.
+    """
+    if path == keep or _can_search(path, uid, gid):
+        return [_Bind(path, os.open(path, os.O_PATH | os.O_DIRECTORY))]
+    binds = [_Bind(path)]
+    for name in sorted(os.listdir(path)):
+        entry = os.path.join(path, name)
+        st = os.lstat(entry)
+        if stat.S_ISLNK(st.st_mode):
+            binds.append(_Bind(entry, link=os.readlink(entry)))
+        elif stat.S_ISDIR(st.st_mode) and any(q == entry or q.startswith(entry + os.sep) for q in needed):
+            binds += _plan_binds(entry, needed, uid, gid, keep)
+        elif stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+            fd = os.open(entry, os.O_PATH | os.O_NOFOLLOW)
+            binds.append(_Bind(entry, fd, is_dir=stat.S_ISDIR(st.st_mode)))
+    return binds
 
 
 def count_tasks(uid: int) -> int:

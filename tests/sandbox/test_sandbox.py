@@ -422,6 +422,41 @@ def test_the_callers_home_is_hidden_where_mounts_work():
     assert seen <= needed
 
 
+def test_a_closed_directory_on_the_path_is_opened_only_as_far_as_needed(tmp_path):
+    # A checkout in a 0700 directory holds the venv: the run's own uid must still import from it
+    # and exec its interpreter, yet a closed directory inside it stays closed.
+    iso = isolation_report()
+    if not (iso.dropped_root and iso.hidden and not iso.read_search):
+        pytest.skip(f"needs a root caller whose runs get their own uid and mounts: {iso.notes}")
+    checkout = tmp_path / "checkout"
+    (checkout / "venv" / "bin").mkdir(parents=True)
+    (checkout / "secret").mkdir()
+    (checkout / "secret" / "key").write_text("hidden")
+    (checkout / "top.py").write_text("X = 6\n")
+    (checkout / "venv" / "helper.py").write_text("Y = 7\n")
+    (checkout / "venv" / "bin" / "python").symlink_to(os.path.realpath(sys.executable))
+    (checkout / "secret").chmod(0o700)
+    checkout.chmod(0o700)
+    interpreter = str(checkout / "venv" / "bin" / "python")
+    program = f"""
+import os, subprocess, top, helper
+print(top.X * helper.Y)
+print(subprocess.run([{interpreter!r}, "-c", "print(5)"], capture_output=True, text=True).stdout.strip())
+try:
+    os.listdir({str(checkout / "secret")!r})
+    print("secret listed")
+except PermissionError:
+    print("secret closed")
+"""
+    r = run_program(
+        program,
+        Limits(timeout_s=10, allow_subprocess=True),
+        extra_path=[str(checkout), str(checkout / "venv")],
+    )
+    assert r.passed, r.stderr
+    assert r.stdout.split() == ["42", "5", "secret", "closed"]
+
+
 # -- network, environment, processes ---------------------------------------------------------------
 
 
