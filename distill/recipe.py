@@ -22,6 +22,7 @@ from distill.models import StudentSpec
 NOT_HASHED = (
     "out",
     "hidden_cache",  # where the frozen outputs live does not change them
+    "val_logit_cache",  # validation only reads it
     "log_interval",
     "ckpt_interval",
     "eval_interval",
@@ -39,6 +40,7 @@ class Recipe:
     logit_cache: str | None = None  # directory written by `assistant distill cache-logits` (no teacher in memory)
     train_blocks: int | None = None  # draw only from the first N training blocks (e.g. those a logit cache covers)
     eval_with_teacher: bool = True  # load the teacher for validation KL/top-1 even when training from the cache
+    val_logit_cache: str | None = None  # the teacher's cache of the validation split: KL/top-1 without the teacher
     out: str = "runs/distill"
     student: StudentSpec = field(default_factory=StudentSpec)
     freeze_layers: int = 0  # keep the embeddings and the lowest N student layers fixed (a pretrained/cut student)

@@ -30,7 +30,16 @@ import torch.distributed as dist
 from assistant.atomic import atomic_write_text
 from assistant.errors import AssistantError, UsageError
 from distill.frozen import freeze_lower, prefix_hidden, run_layers
-from distill.losses import IGNORE_INDEX, LossConfig, SparseTarget, chunked_distill_loss, forward_kl, log_probs
+from distill.losses import (
+    IGNORE_INDEX,
+    LossConfig,
+    SparseTarget,
+    bucket_student_log_probs,
+    chunked_distill_loss,
+    forward_kl,
+    log_probs,
+    sparse_teacher_log_probs,
+)
 from distill.models import Teacher, build_student, count_parameters, describe, load_teacher, load_teacher_config
 from distill.recipe import Recipe
 
@@ -198,10 +207,14 @@ def dense_teacher(teacher: Teacher, input_ids: torch.Tensor) -> Callable[[slice]
 
 
 @torch.no_grad()
-def validate(step_module: DistillStep, teacher: Teacher | None, split, recipe: Recipe, env: Env) -> dict[str, float]:
+def validate(
+    step_module: DistillStep, teacher: Teacher | None, split, recipe: Recipe, env: Env, cached=None
+) -> dict[str, float]:
     """Student CE on validation blocks; with a teacher also KL(teacher‖student) at T=1 and top-1 agreement.
 
     Only positions with a target count (an example corpus's answers), and only there do the heads run.
+    Without the teacher in memory, ``cached`` (the teacher's logit cache of this split) gives the same
+    two figures over its top-k buckets plus the tail, the KL the training loss itself sees.
     """
     student = step_module.student
     n_blocks = split.n_blocks(recipe.block_size)
@@ -229,6 +242,10 @@ def validate(step_module: DistillStep, teacher: Teacher | None, split, recipe: R
         hidden, labels = hidden[rows], labels[rows]
         if t_hidden is not None:
             t_hidden = t_hidden[rows]
+        target = None
+        if t_hidden is None and cached is not None:
+            target = load_cached_targets(cached, mine[start : start + recipe.micro_batch], env.device, inputs.shape[1])
+            target = target[rows]
         for s0 in range(0, hidden.shape[0], chunk):
             s = slice(s0, s0 + chunk)
             s_logp = log_probs(hidden[s] @ student.lm_head.weight.t())
@@ -239,6 +256,11 @@ def validate(step_module: DistillStep, teacher: Teacher | None, split, recipe: R
                 t_v, s_v = t_logp[:, :v].log_softmax(-1), s_logp[:, :v].log_softmax(-1)
                 kl += forward_kl(t_v, s_v).sum().double()
                 agree += (t_v.argmax(-1) == s_v.argmax(-1)).sum().double()
+            elif target is not None:
+                t = target[s]
+                kl += forward_kl(sparse_teacher_log_probs(t), bucket_student_log_probs(s_logp, t.ids)).sum().double()
+                t_top = t.ids.gather(1, t.logprobs.argmax(1, keepdim=True)).squeeze(1)
+                agree += (s_logp.argmax(-1) == t_top).sum().double()
         tokens += labels.numel()
     stats = torch.stack([ce, kl, agree, tokens])
     if env.world > 1:
@@ -249,7 +271,7 @@ def validate(step_module: DistillStep, teacher: Teacher | None, split, recipe: R
     ce, kl, agree, tokens = (float(x) for x in stats)
     tokens = max(tokens, 1.0)
     out = {"val_ce": ce / tokens, "val_ppl": math.exp(min(ce / tokens, 50))}
-    if teacher is not None:
+    if teacher is not None or cached is not None:
         out |= {"val_kl": kl / tokens, "val_top1": agree / tokens}
     return out
 
@@ -377,6 +399,24 @@ def _open_data(recipe: Recipe):
     return corpus, train, cache, n_train
 
 
+def _open_val_cache(recipe: Recipe, corpus, val_split):
+    """The teacher's cache of the validation split (``val_logit_cache``), checked against the corpus and teacher."""
+    if not recipe.val_logit_cache:
+        return None
+    from distill.logit_cache import LogitCache
+
+    cache = LogitCache.open(recipe.val_logit_cache)
+    cache.check_matches(corpus, "validation", recipe.block_size)
+    check_cache_teacher(cache, recipe)
+    n_val = val_split.n_blocks(recipe.block_size)
+    if cache.n_blocks < n_val:
+        raise UsageError(
+            f"the validation logit cache at {cache.path} covers {cache.n_blocks} of the {n_val} validation blocks: "
+            "cache the whole split (assistant distill cache-logits --split validation, no --max-blocks)"
+        )
+    return cache
+
+
 def check_tokenizers(teacher: Teacher, corpus, recipe: Recipe) -> None:
     """Token ids must mean the same thing to the corpus, the teacher and a pretrained student."""
     from distill.tokenizer import load_tokenizer, same_tokenizer
@@ -487,6 +527,7 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
 
     if cache is not None:
         check_cache_teacher(cache, recipe)
+    val_cache = _open_val_cache(recipe, corpus, val_split)
     need_teacher = cache is None or recipe.eval_with_teacher or recipe.student.init == "teacher"
     teacher = load_teacher(recipe.teacher, device=str(env.device)) if need_teacher else None
     if teacher is not None:
@@ -599,7 +640,7 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
                 t_last, tokens_last = now, tokens_seen
                 metrics.write(row)
             if step % recipe.eval_interval == 0 or step == recipe.max_steps:
-                last_val = validate(step_module, teacher, val_split, recipe, env)
+                last_val = validate(step_module, teacher, val_split, recipe, env, val_cache)
                 metrics.write({"step": step, "tokens": tokens_seen, **last_val})
             if display is not None:
                 display.update(step, row, last_val)
@@ -625,7 +666,7 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
         if display is not None:
             display.stop()
 
-    final = last_val or validate(step_module, teacher, val_split, recipe, env)
+    final = last_val or validate(step_module, teacher, val_split, recipe, env, val_cache)
     student_dir = out / "student"
     model_state = None
     if recipe.fsdp and env.world > 1:  # gather the shards; save_pretrained wants the student's own keys
@@ -641,6 +682,10 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
             "logit_cache": {"path": recipe.logit_cache, "manifest_sha256": cache.manifest_sha256}
             if cache is not None
             else None,
+            "val_logit_cache": {"path": recipe.val_logit_cache, "manifest_sha256": val_cache.manifest_sha256}
+            if val_cache is not None
+            else None,
+            "validation_teacher": "online" if teacher is not None else "cache" if val_cache is not None else None,
             "recipe": recipe.to_dict(),
             "recipe_hash": recipe.hash(),
             "student": {

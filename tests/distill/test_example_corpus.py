@@ -370,6 +370,50 @@ def test_logit_cache_stores_only_target_positions_and_trains(world, tmp_path):
     assert not (tmp_path / "refused" / "student").exists()
 
 
+def test_validation_from_the_teachers_cache_matches_the_online_teacher(world, tmp_path):
+    from distill.logit_cache import CacheError, LogitCache, cache_teacher_logits
+    from distill.models import build_student, load_teacher
+    from distill.train import DistillStep, Env, train, validate
+
+    def cached(k: int) -> LogitCache:
+        out = tmp_path / f"val-{k}"
+        cache_teacher_logits(world["corpus"], world["teacher"], out, block_size=B, k=k, split="validation")
+        return LogitCache.open(out)
+
+    recipe = _recipe(world, tmp_path / "run")
+    teacher = load_teacher(world["teacher"])
+    student = build_student(recipe.student, teacher.model).model.eval()
+    val = open_corpus(world["corpus"]).split("validation")
+    step = DistillStep(student, recipe.loss_config())
+    online = validate(step, teacher, val, recipe, Env())
+    full = validate(step, None, val, recipe, Env(), cached=cached(1024))  # every token kept: the same KL
+    top8 = validate(step, None, val, recipe, Env(), cached=cached(8))
+    assert online["val_kl"] > 0.01  # the student is not the teacher
+    assert full["val_kl"] == pytest.approx(online["val_kl"], rel=1e-2)
+    assert full["val_top1"] == pytest.approx(online["val_top1"], abs=0.02)
+    assert top8["val_kl"] < full["val_kl"]  # buckets merge tokens: a lower bound on the true KL
+    assert top8["val_top1"] == pytest.approx(online["val_top1"], abs=0.02)
+    assert full["val_ce"] == online["val_ce"]
+
+    # in a run without the teacher in memory, and refused when it is another split's
+    cache_teacher_logits(world["corpus"], world["teacher"], tmp_path / "train-8", block_size=B, k=8)
+    run = train(
+        _recipe(
+            world,
+            tmp_path / "cached",
+            logit_cache=str(tmp_path / "train-8"),
+            eval_with_teacher=False,
+            val_logit_cache=str(tmp_path / "val-8"),
+            max_steps=2,
+        )
+    )
+    assert {"val_kl", "val_top1"} <= run.final.keys()
+    prov = json.loads((run.student_dir / "provenance.json").read_text())
+    assert prov["validation_teacher"] == "cache" and prov["val_logit_cache"]["path"] == str(tmp_path / "val-8")
+    with pytest.raises(CacheError, match=r"holds the train split, not validation"):
+        train(_recipe(world, tmp_path / "refused", val_logit_cache=str(tmp_path / "train-8")))
+
+
 def test_hidden_cache_on_the_example_corpus_matches_the_frozen_run_and_refuses_another_corpus(world, tmp_path):
     from distill.frozen import HiddenCacheError
     from distill.train import train
