@@ -19,7 +19,7 @@ export_app = typer.Typer(
     cls=_ExportGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Convert a PyTorch Llama checkpoint to GGUF, quantize it, and prove it still matches.",
+    help="Convert a PyTorch Llama or Qwen2 checkpoint to GGUF, quantize it, graft it, and prove it still matches.",
 )
 
 LockOpt = typer.Option(None, "--lock", envvar="ASSISTANT_LOCK", help="models.lock to record the file in.")
@@ -41,7 +41,9 @@ def _entry_spec(name, roles, license_):
 
 @export_app.command("gguf")
 def gguf_cmd(
-    model_dir: Path = typer.Argument(..., help="A LlamaForCausalLM directory (config.json + safetensors)."),
+    model_dir: Path = typer.Argument(
+        ..., help="A LlamaForCausalLM or Qwen2ForCausalLM directory (config.json + safetensors)."
+    ),
     outtype: str = typer.Option("f16", "--outtype", help="f32, f16 or bf16 for the 2-D weights (norms stay f32)."),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o", help="Output .gguf (default: <dir>.<OUTTYPE>.gguf beside it)."
