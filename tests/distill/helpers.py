@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from distill.recipe import Recipe
 
@@ -29,6 +31,23 @@ TINY: dict[str, Any] = dict(
     ckpt_interval=2,
     chunk_size=16,
 )
+
+
+def stdlib_corpus_world(base: Path, teacher: Path, files: Sequence[str]) -> dict:
+    """A test world: ``teacher`` (already written) and a token corpus of the stdlib ``files`` in its tokenizer."""
+    from distill.corpus import CorpusConfig, build_corpus
+    from distill.tokenizer import load_tokenizer
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    src = base / "src"
+    src.mkdir()
+    for name in files:
+        shutil.copyfile(stdlib / name, src / name)
+    corpus = base / "corpus"
+    build_corpus(
+        load_tokenizer(str(teacher)), CorpusConfig(roots=(src,), val_fraction=0.3, decontaminate=False), corpus
+    )
+    return {"teacher": str(teacher), "corpus": str(corpus), "base": base}
 
 
 def tiny_recipe(world: dict, out: Path, **changes: Any) -> Recipe:

@@ -122,3 +122,6 @@ def test_training_refuses_a_cache_made_by_another_teacher(world, caches, tmp_pat
     assert ok.steps == 1
     prov = json.loads((ok.student_dir / "provenance.json").read_text())
     assert prov["logit_cache"]["manifest_sha256"] == llama_cache.manifest_sha256
+    assert (
+        prov["teacher"]["sha256"] == llama_cache.manifest["teacher"]["sha256"] != ""
+    )  # no teacher loaded, still pinned

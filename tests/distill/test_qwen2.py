@@ -3,10 +3,6 @@ model and from the teacher (layer subset and narrowing, biases kept), a short ru
 
 from __future__ import annotations
 
-import shutil
-import sysconfig
-from pathlib import Path
-
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -14,33 +10,20 @@ pytest.importorskip("transformers")
 
 from assistant.errors import UsageError  # noqa: E402
 from distill.models import StudentSpec, build_student, check_pair, count_parameters, load_teacher  # noqa: E402
-from tests.distill.helpers import tiny_recipe  # noqa: E402
+from tests.distill.helpers import stdlib_corpus_world, tiny_recipe  # noqa: E402
 from tests.tiny_llama import TinyLlamaSpec, build_tiny_llama  # noqa: E402
 from tests.tiny_qwen2 import TinyQwen2Spec, build_tiny_qwen2, cached_tiny_qwen2_tokenizer  # noqa: E402
 
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
 CORPUS_FILES = ("textwrap.py", "colorsys.py", "bisect.py", "heapq.py", "shlex.py", "fnmatch.py")
 TEACHER = TinyQwen2Spec(hidden=128, intermediate=256, layers=4, heads=4, kv_heads=2, vocab=1024, seed=3)
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from distill.corpus import CorpusConfig, build_corpus
-    from distill.tokenizer import load_tokenizer
-
     base = tmp_path_factory.mktemp("qwen2-distill")
     tok_dir = cached_tiny_qwen2_tokenizer(base)
-    teacher = base / "teacher"
-    build_tiny_qwen2(teacher, TEACHER, tokenizer_dir=tok_dir)
-    src = base / "src"
-    src.mkdir()
-    for name in CORPUS_FILES:
-        shutil.copyfile(STDLIB / name, src / name)
-    corpus = base / "corpus"
-    build_corpus(
-        load_tokenizer(str(teacher)), CorpusConfig(roots=(src,), val_fraction=0.3, decontaminate=False), corpus
-    )
-    return {"teacher": str(teacher), "corpus": str(corpus), "base": base, "tok_dir": tok_dir}
+    build_tiny_qwen2(base / "teacher", TEACHER, tokenizer_dir=tok_dir)
+    return {**stdlib_corpus_world(base, base / "teacher", CORPUS_FILES), "tok_dir": tok_dir}
 
 
 def test_qwen2_teacher_loads_as_qwen2_and_a_full_copy_is_the_teacher(world):

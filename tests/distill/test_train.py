@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 from assistant.errors import AssistantError, UsageError  # noqa: E402
 from distill.models import StudentSpec, build_student, count_parameters, load_teacher  # noqa: E402
 from distill.recipe import Recipe, apply_overrides, load_recipe  # noqa: E402
-from tests.distill.helpers import tiny_recipe, torchrun, weights  # noqa: E402
+from tests.distill.helpers import stdlib_corpus_world, tiny_recipe, torchrun, weights  # noqa: E402
 from tests.tiny_llama import TinyLlamaSpec, build_tiny_llama, cached_smollm2_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,22 +41,9 @@ TEACHER = TinyLlamaSpec(hidden=64, intermediate=128, layers=3, heads=4, kv_heads
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny teacher with SmolLM2's tokenizer and a token corpus built from a dozen stdlib files."""
-    from distill.corpus import CorpusConfig, build_corpus
-    from distill.tokenizer import load_tokenizer
-
     base = tmp_path_factory.mktemp("distill")
-    tok_dir = cached_smollm2_tokenizer(base)
-    teacher = base / "teacher"
-    build_tiny_llama(teacher, TEACHER, tokenizer_dir=tok_dir)
-    src = base / "src"
-    src.mkdir()
-    for name in CORPUS_FILES:
-        shutil.copyfile(STDLIB / name, src / name)
-    corpus = base / "corpus"
-    build_corpus(
-        load_tokenizer(str(teacher)), CorpusConfig(roots=(src,), val_fraction=0.3, decontaminate=False), corpus
-    )
-    return {"teacher": str(teacher), "corpus": str(corpus), "base": base}
+    build_tiny_llama(base / "teacher", TEACHER, tokenizer_dir=cached_smollm2_tokenizer(base))
+    return stdlib_corpus_world(base, base / "teacher", CORPUS_FILES)
 
 
 def _recipe(world, out: Path, **changes) -> Recipe:

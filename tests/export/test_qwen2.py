@@ -105,10 +105,17 @@ def test_dropping_the_biases_would_change_the_logits(models, ids):
 
 
 def test_f16_export_reproduces_pytorch_greedy_output_token_for_token(models, ids, tmp_path):
-    """The issue's proof: through llama.cpp, an F16 Qwen2 export generates exactly PyTorch's tokens."""
-    import llama_cpp
+    """The issue's proof: through llama.cpp, an F16 Qwen2 export generates exactly PyTorch's tokens.
 
-    from export.verify import llama_greedy, torch_greedy
+    A random model's top two logits sometimes sit closer than F16's rounding (measured: max |Δlogit|
+    ~2e-3 here, top-2 gaps down to 1e-3), and there either token is "PyTorch's". So the runs must
+    agree token for token up to a step where PyTorch's own gap is within the two runtimes' largest
+    difference, and at every other step of PyTorch's sequence llama.cpp must pick PyTorch's token.
+    """
+    import llama_cpp
+    import torch
+
+    from export.verify import llama_greedy, llama_logits, torch_greedy
 
     model_dir, model = models["tied"]
     res = export(model_dir, tmp_path / "q.F16.gguf", "f16")
@@ -116,9 +123,19 @@ def test_f16_export_reproduces_pytorch_greedy_output_token_for_token(models, ids
     llm = llama_cpp.Llama(str(res.path), n_ctx=256, n_threads=1, logits_all=True, verbose=False)
     try:
         got = llama_greedy(llm, ids, 48)
+        ours = llama_logits(llm, ids + want)[len(ids) - 1 : -1]
     finally:
         llm.close()
-    assert got == want
+    with torch.no_grad():
+        theirs = model(torch.tensor([ids + want])).logits[0, len(ids) - 1 : -1].numpy()
+    tolerance = 2 * float(np.abs(ours - theirs).max())
+    assert tolerance < 0.05, f"F16 logits differ by {tolerance / 2:.4f}: more than rounding"
+    top2 = np.sort(theirs, axis=1)[:, -2:]
+    ties = top2[:, 1] - top2[:, 0] <= tolerance
+    assert ties.sum() <= 4, f"{ties.sum()} near-ties in 48 steps: the fixture proves little"
+    assert [int(t) for t in ours.argmax(axis=1)[~ties]] == [t for t, tie in zip(want, ties) if not tie]
+    parted = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(want))
+    assert parted == len(want) or ties[parted], f"llama.cpp left PyTorch's greedy path at step {parted}, not at a tie"
 
 
 def test_qwen2_pre_tokenizer_is_detected_and_llama_cpp_tokenizes_code_like_hf(models, tok_dir, tmp_path):
