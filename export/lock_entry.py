@@ -105,7 +105,8 @@ def make_entry(
     provenance: dict[str, Any],
     cache: HashCache,
 ) -> ModelEntry:
-    """A pinned entry for ``path``; prompt style, stop and license come from ``base`` when given."""
+    """A pinned entry for ``path``; prompt style, system message, stop, capabilities and license come
+    from ``base`` when given (an export of a student keeps its teacher's prompt recipe)."""
     info = read_gguf(path)
     rel = Path(os.path.relpath(Path(path).resolve(), lock.root.resolve())).as_posix()
     if base is not None:
@@ -121,6 +122,8 @@ def make_entry(
         context_length=int(info.context_length or 2048),
         license=spec.license or license,
         prompt_style=prompt_style,
+        system=base.system if base is not None else None,
+        capabilities=base.capabilities if base is not None else (),
         source=FileSource(rel),
         stop=tuple(stop),
         size=Path(path).stat().st_size,

@@ -465,3 +465,23 @@ def test_verify_flags_a_model_that_is_not_the_checkpoint(models, f32_file):
     (f,) = report.files
     assert f.tokenization_identical and not f.greedy_identical and f.kl_mean > 0.1
     assert not report.passed and "diverges from PyTorch" in f.problems[0]
+
+
+def test_an_export_keeps_its_teachers_prompt_recipe(tmp_path):
+    """System message and capabilities travel with prompt style and stop (a student lost `fim` before)."""
+    from dataclasses import replace
+
+    from assistant.store.verify import HashCache
+    from export.lock_entry import make_entry
+
+    lock = load_lock(REPO / "models.lock")
+    teacher = replace(lock.get(SMOLLM2_LOCK_NAME), system="template", capabilities=("chat", "completion", "fim"))
+    e = make_entry(
+        smollm2_gguf(), lock, EntrySpec(name="s"), base=teacher, provenance={}, cache=HashCache(tmp_path / "h")
+    )
+    assert (e.prompt_style, e.system, e.stop, e.capabilities) == (
+        teacher.prompt_style,
+        "template",
+        teacher.stop,
+        ("chat", "completion", "fim"),
+    )
