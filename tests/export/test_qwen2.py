@@ -113,9 +113,8 @@ def test_f16_export_reproduces_pytorch_greedy_output_token_for_token(models, ids
     difference, and at every other step of PyTorch's sequence llama.cpp must pick PyTorch's token.
     """
     import llama_cpp
-    import torch
 
-    from export.verify import llama_greedy, llama_logits, torch_greedy
+    from export.verify import llama_greedy, torch_greedy
 
     model_dir, model = models["tied"]
     res = export(model_dir, tmp_path / "q.F16.gguf", "f16")
@@ -123,11 +122,10 @@ def test_f16_export_reproduces_pytorch_greedy_output_token_for_token(models, ids
     llm = llama_cpp.Llama(str(res.path), n_ctx=256, n_threads=1, logits_all=True, verbose=False)
     try:
         got = llama_greedy(llm, ids, 48)
-        ours = llama_logits(llm, ids + want)[len(ids) - 1 : -1]
     finally:
         llm.close()
-    with torch.no_grad():
-        theirs = model(torch.tensor([ids + want])).logits[0, len(ids) - 1 : -1].numpy()
+    ours = llama_logits(res.path, ids + want)[len(ids) - 1 : -1]
+    theirs = torch_logits(model, ids + want)[len(ids) - 1 : -1]
     tolerance = 2 * float(np.abs(ours - theirs).max())
     assert tolerance < 0.05, f"F16 logits differ by {tolerance / 2:.4f}: more than rounding"
     top2 = np.sort(theirs, axis=1)[:, -2:]
