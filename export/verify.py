@@ -152,15 +152,21 @@ def load_hf_tokenizer(model_dir: Path, tokenizer_gguf: Path | None = None):
 
 def torch_greedy(model, ids: list[int], n_new: int) -> list[int]:
     """Greedy continuation with the KV cache; never stops early (EOS is just another token here)."""
-    import torch
+    import inspect
 
+    import torch
+    from transformers import DynamicCache
+
+    # transformers 5.2x renamed `past_key_values` to `cache` and drops the old name in 5.40.
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    kv = {name: DynamicCache(config=model.config), "use_cache": True}
     out: list[int] = []
     with torch.no_grad():
-        step = model(torch.tensor([ids]), use_cache=True)
+        logits = model(torch.tensor([ids]), **kv).logits
         for _ in range(n_new):
-            nxt = int(step.logits[0, -1].argmax())
+            nxt = int(logits[0, -1].argmax())
             out.append(nxt)
-            step = model(torch.tensor([[nxt]]), past_key_values=step.past_key_values, use_cache=True)
+            logits = model(torch.tensor([[nxt]]), **kv).logits
     return out
 
 

@@ -104,6 +104,7 @@ def test_dropping_the_biases_would_change_the_logits(models, ids):
     assert rel_err(torch_logits(stripped, ids), torch_logits(model, ids)) > 1e-2
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")  # a transformers rename shows here first
 def test_f16_export_reproduces_pytorch_greedy_output_token_for_token(models, ids, tmp_path):
     """The issue's proof: through llama.cpp, an F16 Qwen2 export generates exactly PyTorch's tokens.
 
