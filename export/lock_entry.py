@@ -110,9 +110,11 @@ def make_entry(
     info = read_gguf(path)
     rel = Path(os.path.relpath(Path(path).resolve(), lock.root.resolve())).as_posix()
     if base is not None:
-        prompt_style, stop, license = base.prompt_style, base.stop, base.license
+        prompt_style, system, stop, capabilities = base.prompt_style, base.system, base.stop, base.capabilities
+        license = base.license
     else:
-        prompt_style, stop, license = ("chat" if info.chat_template else "completion"), (), UNKNOWN_LICENSE
+        prompt_style, system, stop, capabilities = ("chat" if info.chat_template else "completion"), None, (), ()
+        license = UNKNOWN_LICENSE
     return ModelEntry(
         name=spec.name or default_name(Path(path)),
         roles=tuple(spec.roles or DEFAULT_ROLES),
@@ -122,8 +124,8 @@ def make_entry(
         context_length=int(info.context_length or 2048),
         license=spec.license or license,
         prompt_style=prompt_style,
-        system=base.system if base is not None else None,
-        capabilities=base.capabilities if base is not None else (),
+        system=system,
+        capabilities=tuple(capabilities),
         source=FileSource(rel),
         stop=tuple(stop),
         size=Path(path).stat().st_size,
