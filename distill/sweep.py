@@ -49,7 +49,10 @@ def run_sweep(
     train_fn: Callable | None = None,
     on_point: Callable[[SweepPoint], None] | None = None,
 ) -> list[SweepPoint]:
-    """Train every point (each resumable in its own directory) and collect its final validation metrics."""
+    """Train every point (each resumable in its own directory) and collect its final validation metrics.
+
+    The tables and heatmap are rewritten after each point.
+    """
     from distill.train import train
 
     train_fn = train_fn or train
@@ -61,9 +64,9 @@ def run_sweep(
         metrics = done if done is not None else train_fn(recipe).final
         point = SweepPoint(alpha, temperature, str(run_dir), metrics)
         points.append(point)
+        write_results(points, out)  # after every point, so a stopped sweep shows what it has so far
         if on_point:
             on_point(point)
-    write_results(points, out)
     return points
 
 

@@ -286,6 +286,16 @@ def test_one_factor_sweep_tabulates_and_resumes(world, tmp_path):
     again = run_sweep(base, [0.0, 0.5], [2.0], tmp_path / "sweep", mode="one-factor", train_fn=counted)
     assert calls == [] and [p.metrics for p in again] == [p.metrics for p in points]
 
+    def stopped_after_one(recipe):
+        if calls:
+            raise KeyboardInterrupt
+        return counted(recipe)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(base, [0.0, 0.5], [2.0], tmp_path / "stopped", mode="one-factor", train_fn=stopped_after_one)
+    partial = json.loads((tmp_path / "stopped" / "sweep.json").read_text())
+    assert [(r["alpha"], r["temperature"]) for r in partial] == [(0.0, 1.0)]
+
 
 def test_cli_train_json_and_one_line_errors(world, tmp_path):
     from typer.testing import CliRunner
