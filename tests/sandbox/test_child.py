@@ -27,6 +27,7 @@ TIMEOUT_S = 30  # the run's wall clock: far longer than the test waits for the c
 CALLER = """
 import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # a caller started under nohup inherits SIG_IGN
 from assistant.sandbox.limits import Limits
 from assistant.sandbox.runner import isolation_report, run_program
 isolation_report(mode={mode!r})  # the probe's own run comes and goes before the test looks

@@ -134,7 +134,8 @@ def test_a_tampered_patch_fails_with_one_line_and_leaves_nothing(tmp_path, store
 
 def test_a_wrong_result_is_discarded_not_kept(tmp_path, store):
     base, target, patch = build(tmp_path)
-    lock = patched_lock(tmp_path, base, target[:-1] + b"x", patch)  # the lock pins other bytes
+    other = target[:-1] + bytes([target[-1] ^ 1])  # random bytes: only a flipped bit is sure to differ
+    lock = patched_lock(tmp_path, base, other, patch)  # the lock pins other bytes
     with pytest.raises(ModelError, match="the assembled file has .* it was discarded"):
         pull(lock.get("t"), lock, HashCache(tmp_path / "h.json"), progress=QuietProgress())
     assert not any(download_path(lock.get("t")).parent.glob("t.gguf*part"))
