@@ -31,8 +31,10 @@ EXE = shutil.which("assistant", path=str(Path(sys.executable).parent)) or "assis
 
 
 def raw_llama_cpp(path: str, threads: int, tokens: int) -> dict:
-    """The baseline: llama-cpp-python's own streaming completion API."""
-    import llama_cpp
+    """The baseline: llama-cpp-python's own streaming completion API (loaded as the CLI loads it)."""
+    from assistant.runtime.llama_lib import llama_cpp as load_llama_cpp
+
+    llama_cpp = load_llama_cpp()
 
     llm = llama_cpp.Llama(model_path=path, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
 

@@ -72,14 +72,14 @@ class LlamaCppTeacher:
 
 def load_llama_teacher(spec: str, *, n_ctx: int, threads: int = 1, offline: bool = False) -> LlamaCppTeacher:
     """A lock name or .gguf path, verified against its pinned sha256, loaded with per-token logits."""
-    import llama_cpp
-
+    from assistant.runtime.llama_lib import llama_cpp as load_llama_cpp
     from assistant.store.lockfile import load_lock
     from assistant.store.resolve import HashCache, offline_mode, resolve
 
     resolved = resolve(spec, load_lock(), HashCache(), offline=offline_mode(offline))
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, not {threads}")
+    llama_cpp = load_llama_cpp()
     try:
         llm = llama_cpp.Llama(
             model_path=str(resolved.path),

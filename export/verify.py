@@ -204,8 +204,9 @@ def torch_reference(model_dir: Path, cfg: VerifyConfig, tokenizer_gguf: Path | N
 
 
 def _load(path: Path, n_ctx: int, threads: int, logits_all: bool):
-    import llama_cpp
+    from assistant.runtime.llama_lib import llama_cpp as load_llama_cpp
 
+    llama_cpp = load_llama_cpp()
     try:
         return llama_cpp.Llama(
             model_path=str(path),

@@ -18,6 +18,7 @@ import pytest
 
 from assistant.errors import AssistantError
 from assistant.runtime.engine import Engine, EngineConfig
+from assistant.runtime.llama_lib import llama_cpp
 from assistant.store.lockfile import load_lock
 from assistant.store.paths import MODELS_ENV, models_dir
 from assistant.store.resolve import MODEL_ENV, HashCache, ResolvedModel, offline_mode, resolve
@@ -27,6 +28,12 @@ SMALL_MODEL = "smollm2-135m-instruct"
 CODE_MODEL = "qwen2.5-coder-0.5b-instruct"
 #: Computed before any test isolates the cache.
 MODELS = Path(os.environ.get("ASSISTANT_TEST_MODELS") or models_dir()).resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def llama_library():
+    """Tests that build ``llama_cpp.Llama`` themselves load models as the tool does (no AMX matmul)."""
+    return llama_cpp()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -140,9 +140,11 @@ def _version(dist: str) -> str | None:
 
 def machine_record(n_bytes: int, reps: int) -> dict:
     """CPU, cores, SIMD flags as llama.cpp sees them, memory, OS, versions, power, bandwidth."""
-    import llama_cpp
+    from assistant.runtime.llama_lib import has_amx, system_info
+    from assistant.runtime.llama_lib import llama_cpp as load_llama_cpp
 
-    info = llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
+    llama_cpp = load_llama_cpp()
+    info = system_info(llama_cpp).strip()
     affinity: int | None
     try:
         affinity = len(os.sched_getaffinity(0))
@@ -156,6 +158,7 @@ def machine_record(n_bytes: int, reps: int) -> dict:
         "cpus_available": affinity,
         "simd": simd_flags(info),
         "llama_system_info": info,
+        "weight_buffers": "plain CPU (AMX build: extra buffer types off)" if has_amx(info) else "llama.cpp default",
         "memory_bytes": _memory_bytes(),
         "os": platform.platform(),
         "power": power_source(),

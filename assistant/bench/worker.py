@@ -97,7 +97,9 @@ def _prompt_cache_runs(llm, lc, tokenize, head, spec: dict, files: list[str]) ->
 
 def worker(spec: dict) -> dict:
     """Load one model at one thread count in this (fresh) process and run every setting."""
-    import llama_cpp as lc
+    from assistant.runtime.llama_lib import llama_cpp as load_llama_cpp
+
+    lc = load_llama_cpp()
 
     rss_before = peak_rss_bytes()
     t0 = time.perf_counter()

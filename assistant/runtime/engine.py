@@ -80,7 +80,9 @@ class Engine:
     """A loaded model. Create once, call ``generate`` many times (the KV prefix is reused)."""
 
     def __init__(self, model: ResolvedModel, config: EngineConfig = EngineConfig()):
-        import llama_cpp  # deferred: loading the shared library is the slow part of start-up
+        from assistant.runtime.llama_lib import llama_cpp as load_llama_cpp
+
+        llama_cpp = load_llama_cpp()  # deferred: loading the shared library is the slow part of start-up
 
         self._llama_cpp = llama_cpp
         self.model = model
