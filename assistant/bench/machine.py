@@ -140,7 +140,7 @@ def _version(dist: str) -> str | None:
 
 def machine_record(n_bytes: int, reps: int) -> dict:
     """CPU, cores, SIMD flags as llama.cpp sees them, memory, OS, versions, power, bandwidth."""
-    from assistant.runtime.llama_lib import has_amx, system_info
+    from assistant.runtime.llama_lib import extra_buffers_off, system_info
     from assistant.runtime.llama_lib import llama_cpp as load_llama_cpp
 
     llama_cpp = load_llama_cpp()
@@ -158,7 +158,9 @@ def machine_record(n_bytes: int, reps: int) -> dict:
         "cpus_available": affinity,
         "simd": simd_flags(info),
         "llama_system_info": info,
-        "weight_buffers": "plain CPU (AMX build: extra buffer types off)" if has_amx(info) else "llama.cpp default",
+        "weight_buffers": "plain CPU (AMX build: extra buffer types off)"
+        if extra_buffers_off(llama_cpp)
+        else "llama.cpp default",
         "memory_bytes": _memory_bytes(),
         "os": platform.platform(),
         "power": power_source(),
